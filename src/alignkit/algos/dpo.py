@@ -1,0 +1,287 @@
+"""Direct Preference Optimization and its variants (IPO, hinge, robust/cDPO, SimPO, + an NLL term on chosen).
+
+A trainable policy and a frozen reference learn from (prompt, chosen, rejected) triples; a response's
+log-prob is the sum over its own tokens (DESIGN.md's token-boundary contract). The loss is
+Eq. 7 of Rafailov et al. 2023, −log σ(β·[(log πθ(y_w) − log πref(y_w)) − (log πθ(y_l) − log πref(y_l))]),
+or one of its variants (`losses/preference.py`).
+
+Departures from the paper and from TRL:
+- By default the reference is not kept in memory: its log-probs are computed once, before training, by
+  the initial policy and cached on disk, keyed by the model weights, the exact token ids and the
+  precision. A rerun reuses them. `reference.mode: copy` keeps a frozen copy instead (TRL's default);
+  `adapter` uses the LoRA model with its adapter disabled; `precomputed` reads an `alignkit logps` file.
+- Rows too long for `max_length` / `max_prompt_length` are dropped (and counted), never truncated, so a
+  response always ends with its end-of-turn token.
+- The RPO term (`loss.rpo_alpha`) is each pair's mean token NLL of chosen, averaged over pairs.
+
+Run it:
+    alignkit dpo --config configs/dpo/smollm2-arith.yaml [train.max_steps=20 ...]
+    accelerate launch --num_processes 2 -m alignkit.cli dpo --config ...   # DDP / FSDP / DeepSpeed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from alignkit import AlignkitError
+from alignkit.algos.logps import compute_logps, model_fingerprint, read_logps, write_logps
+from alignkit.config import DPOConfig, save_resolved
+from alignkit.data.chat import TokenizedPair, fingerprint
+from alignkit.data.collate import PairBatch, collate, load_pairs
+from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
+from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
+from alignkit.models.logprobs import SequenceLogps
+from alignkit.train.loop import train
+
+log = logging.getLogger(__name__)
+
+
+class DPO:
+    """The DPO algorithm for `train.loop.train`: which pairs each step sees, and the loss on them."""
+
+    def __init__(self, cfg: DPOConfig, train_pairs, eval_pairs, reference, pad_id: int, device, rank: int, world: int):
+        self.cfg, self.train_pairs, self.eval_pairs = cfg, train_pairs, eval_pairs
+        self.reference, self.pad_id, self.device, self.rank, self.world = reference, pad_id, device, rank, world
+        t = cfg.train
+        self.steps_per_epoch = len(train_pairs) // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise AlignkitError(
+                f"{cfg.data.train}: {len(train_pairs)} usable rows, fewer than train.batch_size={t.batch_size}"
+            )
+        self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        self.loss_fn = LOSSES[cfg.loss.type]
+
+    def batches(self, step: int):
+        t = self.cfg.train
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = list(range(len(self.train_pairs)))
+        random.Random(t.seed * 100_003 + epoch).shuffle(order)  # same order on every process
+        step_idx = order[k * t.batch_size : (k + 1) * t.batch_size]
+        per_rank = t.batch_size // self.world
+        mine = step_idx[self.rank * per_rank : (self.rank + 1) * per_rank]
+        for s in range(0, len(mine), t.micro_batch_size):
+            yield collate([self.train_pairs[i] for i in mine[s : s + t.micro_batch_size]], self.pad_id)
+
+    def _terms(self, model, batch: PairBatch, reference):
+        batch = batch.to(self.device)
+        b = batch.size
+        logps = model(batch.input_ids, batch.response_mask)  # (2B,): chosen then rejected
+        pc, pr = logps[:b], logps[b:]
+        rc, rr = reference(batch)
+        L = self.cfg.loss
+        losses, chosen_rewards, rejected_rewards = self.loss_fn(
+            pc, pr, rc, rr, beta=L.beta, label_smoothing=L.label_smoothing, gamma=L.simpo_gamma,
+            chosen_tokens=batch.chosen_tokens, rejected_tokens=batch.rejected_tokens,
+        )
+        metrics = {
+            "rewards/chosen": chosen_rewards.sum(),
+            "rewards/rejected": rejected_rewards.sum(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).sum(),
+            "logps/chosen": pc.detach().sum(),
+            "logps/rejected": pr.detach().sum(),
+            "count": torch.tensor(float(b)),
+            "tokens": torch.tensor(float(batch.tokens)),
+        }
+        if L.rpo_alpha:
+            nll_loss = nll(pc, batch.chosen_tokens)
+            losses = losses + L.rpo_alpha * nll_loss
+            metrics["nll_loss"] = nll_loss.detach().sum()
+        metrics["loss"] = losses.detach().sum()
+        return losses, metrics
+
+    def loss(self, model, batch: PairBatch):
+        losses, metrics = self._terms(model, batch, self.reference["train"])
+        # The mean over the global batch; × world because DDP averages gradients over processes.
+        return losses.sum() * self.world / self.cfg.train.batch_size, metrics
+
+    def evaluate(self, model):
+        if not self.eval_pairs:
+            return {}
+        mine = self.eval_pairs[self.rank :: self.world]
+        sums: dict[str, torch.Tensor] = {}
+        for s in range(0, len(mine), self.cfg.train.eval_batch_size):
+            batch = collate(mine[s : s + self.cfg.train.eval_batch_size], self.pad_id)
+            _, m = self._terms(model, batch, self.reference["eval"])
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0) + v
+        sums.pop("tokens")
+        return sums
+
+
+class TableReference:
+    """Reference log-probs looked up by row: (rc, rr) each (B,)."""
+
+    def __init__(self, table: dict[int, tuple[float, float]]):
+        self.table = table
+
+    def __call__(self, batch: PairBatch):
+        values = torch.tensor([self.table[r] for r in batch.rows], dtype=torch.float32, device=batch.input_ids.device)
+        return values[:, 0], values[:, 1]
+
+
+class ModelReference:
+    """Reference log-probs from a forward pass each step (a frozen copy, or the policy with its adapter off)."""
+
+    def __init__(self, seq_logps, context=contextlib.nullcontext, autocast=contextlib.nullcontext):
+        self.seq_logps, self.context, self.autocast = seq_logps, context, autocast
+
+    @torch.no_grad()
+    def __call__(self, batch: PairBatch):
+        with self.context(), self.autocast():
+            logps = self.seq_logps(batch.input_ids, batch.response_mask).float()
+        return logps[: batch.size], logps[batch.size :]
+
+
+def no_reference(batch: PairBatch):
+    zeros = torch.zeros(batch.size, device=batch.input_ids.device)
+    return zeros, zeros
+
+
+def _split_eval(pairs: list[TokenizedPair], fraction: float, seed: int):
+    if not fraction:
+        return pairs, []
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(pairs) * fraction)))
+    held = set(order[:n_eval])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+
+
+def _reference_mode(cfg: DPOConfig) -> str:
+    if not NEEDS_REFERENCE[cfg.loss.type]:
+        return "none"
+    mode = cfg.reference.mode
+    if mode != "auto":
+        return mode
+    if cfg.reference.logps:
+        return "precomputed"
+    if cfg.reference.cache:
+        return "cached"
+    return "adapter" if cfg.model.lora is not None else "copy"
+
+
+def _cached_tables(cfg, weights: str, seq_logps, datasets, pad_id, accelerator, adapter_off) -> dict:
+    """Reference log-probs of the initial policy, from the on-disk cache or computed once and stored."""
+    cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else cache_root() / "ref-logps"
+    tables = {}
+    for split, (pairs, source) in datasets.items():
+        if not pairs:
+            tables[split] = {}
+            continue
+        key = hashlib.sha256(f"{weights}|{fingerprint(pairs)}|bf16={cfg.train.bf16}|v1".encode()).hexdigest()[:32]
+        path = cache_dir / f"{key}.jsonl"
+        if path.is_file():
+            log.info("reference log-probs for %s: reused cache %s", split, path)
+            print(f"reference log-probs ({split}): reused cache {path}")
+        else:
+            if accelerator.is_main_process:
+                log.info("reference log-probs for %s: computing %d pairs once", split, len(pairs))
+                results = compute_logps(seq_logps, pairs, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
+                                        accelerator.device, adapter_off)
+                write_logps(path, results)
+                print(f"reference log-probs ({split}): computed {len(results)} pairs, cached at {path}")
+            accelerator.wait_for_everyone()
+        tables[split] = read_logps(str(path), pairs, source)
+    return tables
+
+
+def run(cfg: DPOConfig) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.bf16 and not bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"):
+        log.warning("train.bf16: this processor has no native bf16 (AVX512-BF16/AMX); computing in float32")
+        cfg = cfg.model_copy(update={"train": t.model_copy(update={"bf16": False})})
+        t = cfg.train
+    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if t.batch_size % (t.micro_batch_size * world):
+        raise AlignkitError(
+            f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size} "
+            f"x {world} processes"
+        )
+    set_seed(t.seed)
+    run_dir = Path(t.output_dir)
+    if accelerator.is_main_process:
+        save_resolved(cfg, run_dir)
+
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    d = cfg.data
+    pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
+    if d.eval:
+        train_pairs = pairs
+        eval_pairs = load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
+    else:
+        train_pairs, eval_pairs = _split_eval(pairs, d.eval_fraction, t.seed)
+    eval_source = d.eval or d.train
+    print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
+
+    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
+    disable_dropout(model)
+    mode = _reference_mode(cfg)
+    weights = model_fingerprint(model) if mode == "cached" else ""  # the initial policy, before any adapter
+    if cfg.model.lora is not None:
+        model = add_lora(model, cfg.model.lora)
+    policy = SequenceLogps(model, t.logits_chunk).to(accelerator.device)
+    adapter_off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
+    autocast = accelerator.autocast if t.bf16 else contextlib.nullcontext
+
+    if mode == "none":
+        reference = {"train": no_reference, "eval": no_reference}
+    elif mode == "precomputed":
+        if d.eval and not cfg.reference.eval_logps:
+            raise AlignkitError("reference.eval_logps: needed with reference.logps when data.eval is a separate file")
+        eval_table = read_logps(cfg.reference.eval_logps or cfg.reference.logps, eval_pairs, eval_source)
+        reference = {"train": TableReference(read_logps(cfg.reference.logps, train_pairs, d.train)),
+                     "eval": TableReference(eval_table)}
+    elif mode == "cached":
+        policy.eval()
+        tables = _cached_tables(cfg, weights, policy, {"train": (train_pairs, d.train), "eval": (eval_pairs, eval_source)},
+                                tokenizer.pad_token_id, accelerator, adapter_off)
+        reference = {k: TableReference(v) for k, v in tables.items()}
+    elif mode == "adapter":
+        raw = policy  # the unwrapped module; no gradients flow through the reference pass
+        reference = dict.fromkeys(("train", "eval"), ModelReference(raw, adapter_off, autocast))
+    else:  # copy
+        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk).eval().requires_grad_(False)
+        reference = dict.fromkeys(("train", "eval"), ModelReference(frozen, autocast=autocast))
+    print(f"reference: {mode}")
+
+    algo = DPO(cfg, train_pairs, eval_pairs, reference, tokenizer.pad_token_id, accelerator.device, rank, world)
+    trained, history = train(algo, policy, t, accelerator, run_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(trained.model, tokenizer, cfg, run_dir / "final")
+        if history:
+            last = history[-1]
+            shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "rewards/accuracies", "rewards/margins")
+                     or k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
+            print(f"done: {last['step']} steps; {shown}; model in {run_dir / 'final'}")
+    accelerator.end_training()
+    return run_dir
+
+
+def save_final(model, tokenizer, cfg: DPOConfig, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    if cfg.model.lora is not None and cfg.model.lora.merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    os.rename(tmp, dest)

@@ -1,0 +1,92 @@
+"""Token boundaries: turn a PreferenceRow into prompt and response token ids.
+
+The contract (DESIGN.md):
+- Conversational rows: prompt tokens = the tokenized `apply_chat_template(prompt, add_generation_prompt=True)`
+  text. Response text = what the rendered full conversation adds after the rendered prompt text, tokenized
+  on its own with no special tokens added, up to and including the last end-of-turn token; whatever the
+  template renders after that token is excluded. A rendered prompt that is not a prefix of the rendered
+  conversation is an error naming the row.
+- Standard rows: prompt and response tokenized separately (no special tokens), eos appended to the response.
+Prompt and response are never tokenized jointly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from alignkit import AlignkitError
+from alignkit.data.records import PreferenceRow
+
+# End-of-turn markers of common chat templates, used besides the tokenizer's eos token.
+EOT_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    row: int
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in EOT_TOKENS if t in vocab)
+    return ids
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _render(tokenizer, messages, **kw) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+
+
+class Tokenize:
+    """Callable row -> TokenizedPair for one tokenizer; caches the end-of-turn ids."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eot = end_of_turn_ids(tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise AlignkitError("tokenizer has no eos token; cannot end standard responses")
+
+    def _conversation_response(self, prompt_text: str, prompt, response, where: str, field: str) -> list[int]:
+        full = _render(self.tokenizer, prompt + response)
+        if not full.startswith(prompt_text):
+            raise AlignkitError(
+                f"{where}: field '{field}': the rendered prompt is not a prefix of the rendered conversation"
+            )
+        ids = _encode(self.tokenizer, full[len(prompt_text):])
+        last_eot = max((i for i, t in enumerate(ids) if t in self.eot), default=None)
+        return ids if last_eot is None else ids[: last_eot + 1]
+
+    def __call__(self, row: PreferenceRow, source: str) -> TokenizedPair:
+        where = f"{source}: row {row.row}"
+        if row.conversational:
+            if self.tokenizer.chat_template is None:
+                raise AlignkitError(f"{where}: field 'prompt': conversational row but the tokenizer has no chat template")
+            prompt_text = _render(self.tokenizer, row.prompt, add_generation_prompt=True)
+            prompt_ids = _encode(self.tokenizer, prompt_text)
+            chosen = self._conversation_response(prompt_text, row.prompt, row.chosen, where, "chosen")
+            rejected = self._conversation_response(prompt_text, row.prompt, row.rejected, where, "rejected")
+        else:
+            prompt_ids = _encode(self.tokenizer, row.prompt)
+            chosen = _encode(self.tokenizer, row.chosen) + [self.tokenizer.eos_token_id]
+            rejected = _encode(self.tokenizer, row.rejected) + [self.tokenizer.eos_token_id]
+        if not prompt_ids:
+            raise AlignkitError(f"{where}: field 'prompt': empty prompt")
+        if chosen == rejected:
+            raise AlignkitError(f"{where}: field 'rejected': tokenizes identically to 'chosen'")
+        return TokenizedPair(row.row, tuple(prompt_ids), tuple(chosen), tuple(rejected))
+
+
+def fingerprint(pairs: list[TokenizedPair]) -> str:
+    """A hash of the exact token ids: covers the data, the template and the tokenisation settings."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(repr((p.row, p.prompt_ids, p.chosen_ids, p.rejected_ids)).encode())
+    return h.hexdigest()

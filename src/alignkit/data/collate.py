@@ -1,0 +1,78 @@
+"""Load, validate and tokenize a preference file; pad pairs into one concatenated batch."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from alignkit import AlignkitError
+from alignkit.data.chat import TokenizedPair, Tokenize
+from alignkit.data.formats import read_rows
+from alignkit.data.records import parse_row
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs(
+    path: str, tokenizer, max_length: int, max_prompt_length: int, strict: bool = False, split: str = "train"
+) -> list[TokenizedPair]:
+    """Every row is validated before any is used; rows too long to fit are dropped and counted (or fail)."""
+    tokenize = Tokenize(tokenizer)
+    pairs, dropped = [], 0
+    for number, record in read_rows(path, split):
+        pair = tokenize(parse_row(record, path, number), path)
+        longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+        if len(pair.prompt_ids) > max_prompt_length or longest > max_length:
+            if strict:
+                raise AlignkitError(
+                    f"{path}: row {number}: field 'prompt': {len(pair.prompt_ids)} prompt tokens and {longest} in "
+                    f"all exceed max_prompt_length={max_prompt_length} or max_length={max_length}"
+                )
+            dropped += 1
+            continue
+        pairs.append(pair)
+    if dropped:
+        log.warning("%s: dropped %d of %d rows longer than max_length=%d / max_prompt_length=%d",
+                    path, dropped, dropped + len(pairs), max_length, max_prompt_length)
+    if not pairs:
+        raise AlignkitError(f"{path}: no usable rows")
+    return pairs
+
+
+@dataclass
+class PairBatch:
+    rows: list[int]
+    input_ids: torch.Tensor  # (2B, T): B chosen sequences, then B rejected, right-padded
+    response_mask: torch.Tensor  # (2B, T) bool: True at response tokens
+    chosen_tokens: torch.Tensor  # (B,) float
+    rejected_tokens: torch.Tensor  # (B,) float
+    tokens: int  # real (non-pad) tokens in input_ids
+
+    def to(self, device) -> "PairBatch":
+        return PairBatch(self.rows, self.input_ids.to(device), self.response_mask.to(device),
+                         self.chosen_tokens.to(device), self.rejected_tokens.to(device), self.tokens)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+
+def collate(pairs: list[TokenizedPair], pad_id: int) -> PairBatch:
+    seqs = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    width = max(len(a) + len(b) for a, b in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (prompt, response) in enumerate(seqs):
+        n = len(prompt) + len(response)
+        input_ids[i, :n] = torch.tensor(prompt + response)
+        mask[i, len(prompt):n] = True
+    return PairBatch(
+        rows=[p.row for p in pairs],
+        input_ids=input_ids,
+        response_mask=mask,
+        chosen_tokens=torch.tensor([float(len(p.chosen_ids)) for p in pairs]),
+        rejected_tokens=torch.tensor([float(len(p.rejected_ids)) for p in pairs]),
+        tokens=sum(len(a) + len(b) for a, b in seqs),
+    )

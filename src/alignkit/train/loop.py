@@ -1,0 +1,121 @@
+"""The one training loop: optimizer, schedule, accumulation, clipping, mixed precision, logging, evaluation
+and checkpoints. An algorithm supplies only what differs, through `Algorithm`.
+
+Gradient accumulation: an algorithm's `loss` is already normalised by the *global* batch of the optimizer
+step (times the world size, because DDP averages gradients over processes), so summing micro-batch
+gradients gives exactly the gradient of the global-batch mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Iterable, Protocol
+
+import torch
+
+from alignkit.train import checkpoint
+from alignkit.train.log import MetricsLog
+from alignkit.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Algorithm(Protocol):
+    total_steps: int
+
+    def batches(self, step: int) -> Iterable:
+        """This process's micro-batches for optimizer step `step`."""
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scalar loss to backpropagate, and metric *sums* over the batch (with 'count' and 'tokens')."""
+
+    def evaluate(self, model) -> dict[str, torch.Tensor]:
+        """Metric sums over this process's share of the held-out split (with 'count'), or {}."""
+
+
+def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, float]:
+    """Sum over processes, then divide by the summed 'count' (except 'tokens')."""
+    if not sums:
+        return {}
+    names = sorted(sums)
+    stacked = torch.stack([sums[n].detach().float().reshape(()) for n in names]).to(accelerator.device)
+    total = dict(zip(names, accelerator.reduce(stacked, reduction="sum").tolist()))
+    count = max(total.pop("count", 1.0), 1.0)
+    tokens = total.pop("tokens", None)
+    out = {k: v / count for k, v in total.items()}
+    if tokens is not None:
+        out["tokens"] = tokens
+    return out
+
+
+def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torch.nn.Module, list[dict]]:
+    """Run `cfg.total` optimizer steps of `algo` on `model` (a module returning what `algo.loss` needs)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg)
+    scheduler = build_scheduler(optimizer, cfg, algo.total_steps)
+    ckpt_root = run_dir / "checkpoints"
+    start = 0
+    if cfg.resume and (found := checkpoint.latest(ckpt_root)) is not None:
+        start = checkpoint.load(found, model, optimizer, scheduler)
+        log.info("resumed from %s (step %d)", found, start)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    metrics_log = MetricsLog(run_dir, algo.total_steps, start, accelerator.is_main_process, cfg.tensorboard)
+    history: list[dict] = []
+    try:
+        for step in range(start, algo.total_steps):
+            t0 = time.perf_counter()
+            model.train()
+            sums: dict[str, torch.Tensor] = {}
+            micro = list(algo.batches(step))
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss, m = algo.loss(model, batch)
+                    accelerator.backward(loss)
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0) + v.detach()
+            if cfg.max_grad_norm is not None:
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            else:
+                grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            metrics = reduce_metrics(sums, accelerator)
+            elapsed = time.perf_counter() - t0
+            metrics["tokens_per_second"] = metrics.pop("tokens", 0.0) / elapsed
+            metrics.update(grad_norm=float(grad_norm), learning_rate=lr, step_seconds=elapsed)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != algo.total_steps:
+                metrics.update(evaluate(algo, model, accelerator))
+            if done == algo.total_steps:
+                metrics.update(evaluate(algo, model, accelerator))
+            if done % cfg.log_every == 0 or done == algo.total_steps or any(k.startswith("eval_") for k in metrics):
+                metrics_log.write(done, metrics)
+            history.append({"step": done, **metrics})
+            metrics_log.advance(done)
+            if cfg.save_every and done % cfg.save_every == 0 and done != algo.total_steps:
+                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, cfg, accelerator)
+    finally:
+        metrics_log.close()
+    return accelerator.unwrap_model(model), history
+
+
+def evaluate(algo: Algorithm, model, accelerator) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        sums = algo.evaluate(model)
+    return {f"eval_{k}": v for k, v in reduce_metrics(sums, accelerator).items()}
+
+
+def save_checkpoint(ckpt_root, step, model, optimizer, scheduler, cfg, accelerator) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpoint.save(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last)
+    accelerator.wait_for_everyone()

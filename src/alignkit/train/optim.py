@@ -1,0 +1,28 @@
+"""AdamW and the learning-rate schedule (linear warm-up, then cosine, linear or constant)."""
+
+import math
+
+import torch
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+
+
+def lr_lambda(total_steps: int, warmup: int, kind: str):
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))  # cosine
+
+    return factor
+
+
+def build_scheduler(optimizer, cfg, total_steps: int):
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.scheduler))
