@@ -68,7 +68,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> None:
     _quiet_libraries()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except AlignkitError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    if isinstance(code, int) and code:
+        if code == 130:  # Ctrl-C: the command was interrupted; what it had written stays
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

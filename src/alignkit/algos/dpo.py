@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
@@ -33,9 +34,9 @@ from pathlib import Path
 import torch
 
 from alignkit import AlignkitError
-from alignkit.algos.logps import compute_logps, model_fingerprint, read_logps, write_logps
+from alignkit.algos.logps import compute_logps, model_fingerprint, read_logps
 from alignkit.config import DPOConfig, save_resolved
-from alignkit.data.chat import TokenizedPair, fingerprint
+from alignkit.data.chat import TokenizedPair
 from alignkit.data.collate import PairBatch, collate, load_pairs
 from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
 from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
@@ -60,12 +61,25 @@ class DPO:
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
         self.loss_fn = LOSSES[cfg.loss.type]
 
-    def batches(self, step: int):
+    def _step_indices(self, step: int) -> list[int]:
         t = self.cfg.train
         epoch, k = divmod(step, self.steps_per_epoch)
         order = list(range(len(self.train_pairs)))
         random.Random(t.seed * 100_003 + epoch).shuffle(order)  # same order on every process
-        step_idx = order[k * t.batch_size : (k + 1) * t.batch_size]
+        return order[k * t.batch_size : (k + 1) * t.batch_size]
+
+    def visited(self) -> list[int]:
+        """Indices of the training pairs this run will see (all processes), in first-visit order."""
+        if self.total_steps > self.steps_per_epoch:  # later epochs reshuffle: any pair may come up
+            return list(range(len(self.train_pairs)))
+        seen = {}
+        for step in range(self.total_steps):
+            seen.update(dict.fromkeys(self._step_indices(step)))
+        return list(seen)
+
+    def batches(self, step: int):
+        t = self.cfg.train
+        step_idx = self._step_indices(step)
         per_rank = t.batch_size // self.world
         mine = step_idx[self.rank * per_rank : (self.rank + 1) * per_rank]
         for s in range(0, len(mine), t.micro_batch_size):
@@ -170,29 +184,49 @@ def _reference_mode(cfg: DPOConfig) -> str:
     return "adapter" if cfg.model.lora is not None else "copy"
 
 
-def _cached_tables(cfg, weights: str, seq_logps, datasets, pad_id, accelerator, adapter_off) -> dict:
-    """Reference log-probs of the initial policy, from the on-disk cache or computed once and stored."""
+def pair_key(pair: TokenizedPair) -> str:
+    return hashlib.sha256(repr((pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)).encode()).hexdigest()[:24]
+
+
+def _cached_tables(cfg, weights: str, seq_logps, needed: dict, pad_id, accelerator, adapter_off) -> dict:
+    """Reference log-probs of the initial policy for the pairs a run visits, from the on-disk cache.
+
+    One append-only JSONL file per (initial weights, precision); each line is keyed by a hash of the pair's
+    exact token ids, so the data, the chat template and the tokenisation settings are all part of the key.
+    Missing pairs are computed once and appended.
+    """
     cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else cache_root() / "ref-logps"
-    tables = {}
-    for split, (pairs, source) in datasets.items():
-        if not pairs:
-            tables[split] = {}
-            continue
-        key = hashlib.sha256(f"{weights}|{fingerprint(pairs)}|bf16={cfg.train.bf16}|v1".encode()).hexdigest()[:32]
-        path = cache_dir / f"{key}.jsonl"
-        if path.is_file():
-            log.info("reference log-probs for %s: reused cache %s", split, path)
-            print(f"reference log-probs ({split}): reused cache {path}")
-        else:
-            if accelerator.is_main_process:
-                log.info("reference log-probs for %s: computing %d pairs once", split, len(pairs))
-                results = compute_logps(seq_logps, pairs, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
-                                        accelerator.device, adapter_off)
-                write_logps(path, results)
-                print(f"reference log-probs ({split}): computed {len(results)} pairs, cached at {path}")
-            accelerator.wait_for_everyone()
-        tables[split] = read_logps(str(path), pairs, source)
-    return tables
+    path = cache_dir / f"{hashlib.sha256(f'{weights}|bf16={cfg.train.bf16}|v1'.encode()).hexdigest()[:32]}.jsonl"
+    known = _read_cache(path)
+    wanted = {pair_key(p): p for pairs in needed.values() for p in pairs}
+    missing = [p for k, p in wanted.items() if k not in known]
+    if missing and accelerator.is_main_process:
+        print(f"reference log-probs: computing {len(missing)} of {len(wanted)} pairs (cache {path})")
+        results = compute_logps(seq_logps, missing, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
+                                accelerator.device, adapter_off)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for pair, r in zip(missing, results):
+                f.write(json.dumps({"key": pair_key(pair), **{k: v for k, v in r.items() if k != "row"}}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    elif not missing:
+        print(f"reference log-probs: reused cache {path} for all {len(wanted)} pairs")
+    accelerator.wait_for_everyone()
+    known = _read_cache(path)
+    return {split: {p.row: known[pair_key(p)] for p in pairs} for split, pairs in needed.items()}
+
+
+def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
+    known = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                known[r["key"]] = (float(r["chosen_logp"]), float(r["rejected_logp"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line torn by a killed run
+    return known
 
 
 def run(cfg: DPOConfig) -> Path:
@@ -239,6 +273,7 @@ def run(cfg: DPOConfig) -> Path:
     adapter_off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
     autocast = accelerator.autocast if t.bf16 else contextlib.nullcontext
 
+    algo = DPO(cfg, train_pairs, eval_pairs, None, tokenizer.pad_token_id, accelerator.device, rank, world)
     if mode == "none":
         reference = {"train": no_reference, "eval": no_reference}
     elif mode == "precomputed":
@@ -249,7 +284,8 @@ def run(cfg: DPOConfig) -> Path:
                      "eval": TableReference(eval_table)}
     elif mode == "cached":
         policy.eval()
-        tables = _cached_tables(cfg, weights, policy, {"train": (train_pairs, d.train), "eval": (eval_pairs, eval_source)},
+        visited = [train_pairs[i] for i in algo.visited()]
+        tables = _cached_tables(cfg, weights, policy, {"train": visited, "eval": eval_pairs},
                                 tokenizer.pad_token_id, accelerator, adapter_off)
         reference = {k: TableReference(v) for k, v in tables.items()}
     elif mode == "adapter":
@@ -260,7 +296,7 @@ def run(cfg: DPOConfig) -> Path:
         reference = dict.fromkeys(("train", "eval"), ModelReference(frozen, autocast=autocast))
     print(f"reference: {mode}")
 
-    algo = DPO(cfg, train_pairs, eval_pairs, reference, tokenizer.pad_token_id, accelerator.device, rank, world)
+    algo.reference = reference
     trained, history = train(algo, policy, t, accelerator, run_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

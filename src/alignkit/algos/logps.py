@@ -31,22 +31,22 @@ def compute_logps(seq_logps, pairs: list[TokenizedPair], pad_id: int, batch_size
     """Run `seq_logps` (a SequenceLogps, or a callable like it) over pairs; one result dict per pair."""
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i].prompt_ids) - len(pairs[i].chosen_ids))
-    results = {}
+    results: list[dict | None] = [None] * len(pairs)
     for s in range(0, len(order), batch_size):
-        chunk = [pairs[i] for i in order[s : s + batch_size]]  # similar lengths together: less padding
-        batch = collate(chunk, pad_id).to(device)
+        idx = order[s : s + batch_size]  # similar lengths together: less padding
+        batch = collate([pairs[i] for i in idx], pad_id).to(device)
         with autocast, context():
             logps = seq_logps(batch.input_ids, batch.response_mask).float().cpu()
         b = batch.size
-        for j, pair in enumerate(chunk):
-            results[pair.row] = {
-                "row": pair.row,
+        for j, i in enumerate(idx):
+            results[i] = {
+                "row": pairs[i].row,
                 "chosen_logp": logps[j].item(),
                 "rejected_logp": logps[b + j].item(),
-                "chosen_tokens": len(pair.chosen_ids),
-                "rejected_tokens": len(pair.rejected_ids),
+                "chosen_tokens": len(pairs[i].chosen_ids),
+                "rejected_tokens": len(pairs[i].rejected_ids),
             }
-    return [results[pair.row] for pair in pairs]
+    return results
 
 
 def write_logps(path: Path, results: list[dict]) -> None:

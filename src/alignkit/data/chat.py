@@ -12,7 +12,6 @@ Prompt and response are never tokenized jointly.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from alignkit import AlignkitError
@@ -82,11 +81,3 @@ class Tokenize:
         if chosen == rejected:
             raise AlignkitError(f"{where}: field 'rejected': tokenizes identically to 'chosen'")
         return TokenizedPair(row.row, tuple(prompt_ids), tuple(chosen), tuple(rejected))
-
-
-def fingerprint(pairs: list[TokenizedPair]) -> str:
-    """A hash of the exact token ids: covers the data, the template and the tokenisation settings."""
-    h = hashlib.sha256()
-    for p in pairs:
-        h.update(repr((p.row, p.prompt_ids, p.chosen_ids, p.rejected_ids)).encode())
-    return h.hexdigest()

@@ -32,6 +32,9 @@ class MetricsLog:
             else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.console = Console(stderr=True)
+        if not self.console.is_terminal:  # a log file: plain lines, no redrawn bar
+            self.task = None
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
@@ -51,6 +54,9 @@ class MetricsLog:
                     self.writer.add_scalar(k, v, step)
         shown = " ".join(f"{k.split('/')[-1]}={metrics[k]:.4g}" for k in CONSOLE_KEYS if k in metrics)
         evals = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("eval_") and k.count("/") < 2)
+        if self.progress is None:
+            self.console.print(f"step {step}: {shown} {evals}".rstrip(), soft_wrap=True, highlight=False)
+            return
         if evals:
             self.progress.console.print(f"step {step}: {evals}")
         if shown:
@@ -63,7 +69,8 @@ class MetricsLog:
     def close(self) -> None:
         if not self.enabled:
             return
-        self.progress.stop()
+        if self.progress is not None:
+            self.progress.stop()
         self.file.close()
         if self.writer is not None:
             self.writer.close()

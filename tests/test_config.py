@@ -1,0 +1,50 @@
+import pytest
+
+from alignkit import AlignkitError
+from alignkit.config import DPOConfig, load_config
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_overrides_parse_values_and_nest(tmp_path):
+    cfg = load_config(DPOConfig, _write(tmp_path, "data:\n  train: a.jsonl\n"),
+                      ["train.lr=3e-5", "loss.type=ipo", "model.lora.r=4", "train.max_grad_norm=null"])
+    assert cfg.train.lr == 3e-5 and cfg.loss.type == "ipo" and cfg.model.lora.r == 4
+    assert cfg.train.max_grad_norm is None
+
+
+@pytest.mark.parametrize("override, key", [
+    ("loss.beta=-1", "loss.beta"),
+    ("loss.type=dpo2", "loss.type"),
+    ("train.micro_batch_size=3", "train.batch_size"),
+    ("data.max_prompt_length=600", "data.max_prompt_length"),
+    ("nosuch.key=1", "nosuch"),
+    ("reference.mode=adapter", "model.lora"),
+])
+def test_invalid_values_name_the_key(tmp_path, override, key):
+    with pytest.raises(AlignkitError, match=key.replace(".", r"\.")):
+        load_config(DPOConfig, _write(tmp_path, "data:\n  train: a.jsonl\n"), [override])
+
+
+def test_missing_required_section(tmp_path):
+    with pytest.raises(AlignkitError, match="data: Field required"):
+        load_config(DPOConfig, _write(tmp_path, "train:\n  lr: 1e-5\n"), [])
+
+
+def test_not_yaml(tmp_path):
+    with pytest.raises(AlignkitError, match="not valid YAML"):
+        load_config(DPOConfig, _write(tmp_path, "data: [\n"), [])
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "configs" / "dpo").glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# alignkit dpo --config"), path  # first line: the command that runs it
+        load_config(DPOConfig, str(path), [])
