@@ -168,3 +168,35 @@ def test_two_processes_match_one(tiny_model, tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for key in ("loss", "rewards/margins", "grad_norm", "eval_loss"):
         assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], abs=1e-5), key
+
+
+def test_accumulation_matches_one_big_micro_batch(tiny_model, tmp_path):
+    """batch 4 as 4 micro-batches of 1 == 1 micro-batch of 4: the loss divides by the global batch."""
+    cfg = _config(tmp_path, tiny_model, max_steps=3)
+    main(["dpo", "--config", str(cfg), f"train.output_dir={tmp_path / 'acc'}", "train.micro_batch_size=1",
+          "data.eval=null"])
+    main(["dpo", "--config", str(cfg), f"train.output_dir={tmp_path / 'big'}", "train.micro_batch_size=4",
+          "data.eval=null"])
+    a, b = _metrics(tmp_path / "acc"), _metrics(tmp_path / "big")
+    for key in ("loss", "grad_norm", "rewards/margins"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], abs=1e-5), key
+
+
+def test_final_model_loads_with_transformers(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    for name, extra in {"merged": ["model.lora.r=4"], "adapter": ["model.lora.r=4", "model.lora.merge=false"],
+                        "full": []}.items():
+        run = tmp_path / name
+        main(["dpo", "--config", str(_config(tmp_path, tiny_model, max_steps=2)), f"train.output_dir={run}",
+              "data.eval=null", *extra])
+        files = {p.name for p in (run / "final").iterdir()}
+        if name == "adapter":
+            assert "adapter_model.safetensors" in files
+            from peft import AutoPeftModelForCausalLM
+
+            AutoPeftModelForCausalLM.from_pretrained(run / "final")
+        else:
+            assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+            model = AutoModelForCausalLM.from_pretrained(run / "final")
+            assert not any("lora" in n for n, _ in model.named_parameters())
