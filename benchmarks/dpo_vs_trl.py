@@ -621,7 +621,7 @@ def parent(a, argv) -> None:
     from alignkit.models.load import resolve
 
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    model_dir = Path(resolve(a.model)[0]).resolve()
+    model_dir = Path(resolve(a.model)).resolve()
     data = Path(a.data).resolve()
     if not data.exists():
         sys.exit(f"error: {a.data}: data file not found")

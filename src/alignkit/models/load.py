@@ -64,35 +64,35 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve(path: str) -> tuple[Path | str, bool]:
-    """Return (what to pass to from_pretrained, local_only) for a model reference, converting GGUF once."""
+def resolve(path: str) -> Path | str:
+    """What to pass to from_pretrained (always loaded offline) for a model reference, converting GGUF once."""
     if path in ALIASES:
         dest = cache_root() / "models" / path
         if not (dest / "config.json").is_file():
             _convert_gguf(_alias_gguf(path), dest)
-        return dest, True
+        return dest
     p = Path(path).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         stat = p.stat()
         dest = cache_root() / "models" / f"gguf-{p.stem}-{stat.st_size}-{int(stat.st_mtime)}"
         if not (dest / "config.json").is_file():
             _convert_gguf(p.resolve(), dest)
-        return dest, True
+        return dest
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise AlignkitError(f"model '{path}': directory has no config.json")
-        return p, True
+        return p
     if p.exists():
         raise AlignkitError(f"model '{path}': a file that is not .gguf; give a model directory or a .gguf file")
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
-        return path, True  # a hub id: loaded from the local cache only
+        return path  # a hub id: loaded from the local cache only
     raise AlignkitError(f"model '{path}': not found (not a directory, a .gguf file or a built-in alias)")
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    where, _ = resolve(path)
+    where = resolve(path)
     try:
         tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
     except OSError as e:
@@ -106,7 +106,7 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     import torch
     from transformers import AutoModelForCausalLM
 
-    where, _ = resolve(path)
+    where = resolve(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where,
