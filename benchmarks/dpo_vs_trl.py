@@ -357,7 +357,7 @@ def plan_batches(model_dir, data, a, tmp_root: Path) -> dict:
     d = cfg.data
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     train_pairs, _ = _split_eval(pairs, d.eval_fraction, cfg.train.seed)
-    algo = DPO(cfg, train_pairs, [], None, tokenizer.pad_token_id, "cpu", 0, 1)
+    algo = DPO(cfg, train_pairs, [], tokenizer.pad_token_id, "cpu", 0, 1)
     records = dict(read_rows(d.train, d.split))
     rows, tokens = [], []
     for step in range(a.warmup_steps + a.steps):

@@ -49,9 +49,10 @@ log = logging.getLogger(__name__)
 class DPO:
     """The DPO algorithm for `train.loop.train`: which pairs each step sees, and the loss on them."""
 
-    def __init__(self, cfg: DPOConfig, train_pairs, eval_pairs, reference, pad_id: int, device, rank: int, world: int):
+    def __init__(self, cfg: DPOConfig, train_pairs, eval_pairs, pad_id: int, device, rank: int, world: int):
         self.cfg, self.train_pairs, self.eval_pairs = cfg, train_pairs, eval_pairs
-        self.reference, self.pad_id, self.device, self.rank, self.world = reference, pad_id, device, rank, world
+        self.pad_id, self.device, self.rank, self.world = pad_id, device, rank, world
+        self.reference: dict = {}  # split -> callable(batch) -> (rc, rr); set once the visited pairs are known
         t = cfg.train
         self.steps_per_epoch = len(train_pairs) // t.batch_size
         if self.steps_per_epoch == 0:
@@ -213,7 +214,8 @@ def _cached_tables(cfg, weights: str, seq_logps, needed: dict, pad_id, accelerat
     elif not missing:
         print(f"reference log-probs: reused cache {path} for all {len(wanted)} pairs")
     accelerator.wait_for_everyone()
-    known = _read_cache(path)
+    if missing:  # the main process appended them
+        known = _read_cache(path)
     return {split: {p.row: known[pair_key(p)] for p in pairs} for split, pairs in needed.items()}
 
 
@@ -273,7 +275,7 @@ def run(cfg: DPOConfig) -> Path:
     adapter_off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
     autocast = accelerator.autocast if t.bf16 else contextlib.nullcontext
 
-    algo = DPO(cfg, train_pairs, eval_pairs, None, tokenizer.pad_token_id, accelerator.device, rank, world)
+    algo = DPO(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, accelerator.device, rank, world)
     if mode == "none":
         reference = {"train": no_reference, "eval": no_reference}
     elif mode == "precomputed":

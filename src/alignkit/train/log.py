@@ -33,7 +33,6 @@ class MetricsLog:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.console = Console(stderr=True)
         if not self.console.is_terminal:  # a log file: plain lines, no redrawn bar
-            self.task = None
             return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
