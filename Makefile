@@ -1,4 +1,4 @@
-# `make run` sets up .venv and runs the main job; `make test` sets up .venv and runs the tests.
+# `make run` sets up .venv and runs the main job (alignkit demo); `make test` sets up .venv and runs the tests.
 PY := .venv/bin/python
 
 .PHONY: setup run test test-slow bench
@@ -13,7 +13,7 @@ setup: .venv/.installed
 	touch $@
 
 run: setup
-	.venv/bin/alignkit dpo --config configs/dpo/smollm2-arith.yaml
+	.venv/bin/alignkit demo --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

@@ -50,6 +50,117 @@ def logps(
     cmd.run(model, data, out, batch_size, max_length, max_prompt_length, bf16, split, trust_remote_code)
 
 
+pairs_app = typer.Typer(no_args_is_help=True, help="Build preference pairs.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate models.")
+app.add_typer(pairs_app, name="pairs")
+app.add_typer(eval_app, name="eval")
+
+
+@pairs_app.command("build")
+def pairs_build(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/pairs)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+):
+    """Self-correction pairs: the student's wrong answers vs. a teacher's verified chains of thought."""
+    from alignkit.config import PairsConfig, load_config
+    from alignkit.pairs import build
+
+    cfg = load_config(PairsConfig, config, overrides or [])
+    summary = build.run(cfg)
+    print(build.format_summary(summary, cfg.output_dir))
+
+
+def _task_config(task: str, split: str, limit, languages: str, seed: int, question_field: str, answer_field: str):
+    from pydantic import ValidationError
+
+    from alignkit.config import TaskConfig, format_validation
+
+    is_file = task.endswith((".jsonl", ".json", ".parquet")) or os.path.isdir(task)
+    try:
+        return TaskConfig(name=None if is_file else task, file=task if is_file else None, split=split, limit=limit,
+                          languages=[x for x in languages.split(",") if x], seed=seed,
+                          question_field=question_field, answer_field=answer_field)
+    except ValidationError as e:
+        raise AlignkitError(format_validation(e, "command-line options")) from None
+
+
+@eval_app.command("accuracy")
+def eval_accuracy(
+    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    task: str = typer.Option(..., help="built-in task (addition-2d, subtraction-3d, ...) or a question file"),
+    split: str = typer.Option("heldout", help="built-in: train or heldout; saved DatasetDict: its split"),
+    limit: Optional[int] = typer.Option(None, min=1, help="the first N questions"),
+    languages: str = typer.Option("en", help="built-in tasks: en, zh or en,zh"),
+    question_field: str = typer.Option("question"),
+    answer_field: str = typer.Option("answer"),
+    samples: int = typer.Option(0, min=0, help="sampled answers per question for pass@k / maj@k (0: greedy only)"),
+    k: str = typer.Option("1", help="comma-separated k for pass@k and maj@k"),
+    temperature: float = typer.Option(0.7, min=0.0),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    max_new_tokens: int = typer.Option(128, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    seed: int = typer.Option(0),
+    out: str = typer.Option("runs/eval-accuracy", help="directory for results.jsonl and summary.json"),
+):
+    """Greedy pass@1 (and optional pass@k, maj@k) on a verifiable task."""
+    import json
+    from pathlib import Path
+
+    from alignkit.eval import accuracy
+    from alignkit.models.load import load_model, load_tokenizer
+    from alignkit.tasks import make_task, task_items
+
+    ks = tuple(int(x) for x in k.split(",") if x.strip())
+    if samples and any(x > samples or x < 1 for x in ks):
+        raise AlignkitError(f"--k {k}: each k must be between 1 and --samples {samples}")
+    cfg = _task_config(task, split, limit, languages, seed, question_field, answer_field)
+    the_task = make_task(cfg)
+    items = task_items(the_task, cfg)
+    tokenizer = load_tokenizer(model)
+    lm = load_model(model)
+    results, summary = accuracy.evaluate(lm, tokenizer, the_task, items, samples, ks if samples else (), temperature,
+                                         top_p, max_new_tokens, batch_size, seed)
+    summary["model"] = model
+    accuracy.write(results, summary, Path(out))
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs/demo", help="run directory (an interrupted demo resumes from it)"),
+    model: str = typer.Option("smollm2-135m-instruct", help="the student"),
+    task: str = typer.Option("addition-2d", help="built-in arithmetic task"),
+    questions: int = typer.Option(288, min=1, help="training questions the student answers"),
+    heldout: int = typer.Option(200, min=1, help="held-out questions evaluated before and after"),
+    samples: int = typer.Option(1, min=1, help="student answers per training question"),
+    teacher_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint for the teacher (default: "
+                                                         "the task's own solver)"),
+    teacher_model: Optional[str] = typer.Option(None, help="model name at --teacher-url"),
+    teacher_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's key"),
+    seed: int = typer.Option(0),
+):
+    """Evaluate, build self-correction pairs, train DPO, evaluate again, write report.html."""
+    from alignkit import demo as d
+
+    d.run(out, model, task, questions, heldout, samples, teacher_url, teacher_model, teacher_key_env, seed=seed)
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000, min=0, max=65535),
+    name: Optional[str] = typer.Option(None, help="model name clients ask for (default: --model)"),
+    api_key_env: Optional[str] = typer.Option(None, help="require this environment variable's value as the key"),
+    max_batch: int = typer.Option(16, min=1, help="requests generated together"),
+    max_tokens: int = typer.Option(512, min=1, help="default max_tokens per request"),
+):
+    """An OpenAI-compatible chat server around a local model (for teachers and judges)."""
+    from alignkit.generation.server import serve as run_server
+
+    run_server(model, host, port, name, api_key_env, max_batch, max_tokens)
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

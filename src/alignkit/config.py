@@ -23,6 +23,9 @@ class LoraConfig(Strict):
     alpha: float = 32.0
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # Adapt only these decoder layers (0 = nearest the embeddings); negative numbers count from the top, so
+    # [-15, ..., -1] is the top 15. Backward then stops at the lowest adapted layer: faster steps, less memory.
+    layers: list[int] | None = None
     merge: bool = True  # final model: merged weights (True) or the adapter alone (False)
 
 
@@ -112,6 +115,104 @@ class DPOConfig(Strict):
         return self
 
 
+class TaskConfig(Strict):
+    # A built-in arithmetic task ("addition-2d", "subtraction-3d", "multiplication-2d") or a file of questions.
+    name: str | None = "addition-2d"
+    file: str | None = None  # .jsonl / .json / .parquet / saved dataset with question and answer fields
+    question_field: str = "question"
+    answer_field: str = "answer"  # "#### 42" (GSM8K), "\\boxed{42}" or a plain number
+    id_field: str | None = None  # default: the row number
+    split: str = "train"  # built-in: train or heldout; a saved DatasetDict: its split
+    limit: int | None = Field(None, gt=0)  # the first N items
+    languages: list[Literal["en", "zh"]] = ["en"]  # built-in tasks only
+    seed: int = 0  # built-in tasks only: which questions are drawn
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_or_name(cls, data):
+        if isinstance(data, dict) and data.get("file"):
+            data = {**data, "name": None}  # a file replaces the default built-in task
+        elif isinstance(data, dict) and "name" in data and not data["name"]:
+            raise ValueError("task: give a built-in task name or a file")
+        return data
+
+
+class StudentConfig(Strict):
+    model: str = "smollm2-135m-instruct"
+    samples: int = Field(4, gt=0)  # k answers per question
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(64, gt=0)
+    seed: int = 0
+    trust_remote_code: bool = False
+
+
+class TemplateConfig(Strict):
+    system: str | None = None
+    user: str  # {question} and {answer} are filled in
+
+
+DEFAULT_TEMPLATES = {
+    "en": TemplateConfig(
+        system="You are a patient math teacher who explains clearly and briefly.",
+        user=("Solve the problem below step by step. Keep each step short and show the calculation, then end with "
+              "a final line of exactly this form: Answer: <number>\n"
+              "The correct answer is {answer}. Use it only to check your work: never mention that you were given "
+              "the answer, and write as if you worked it out yourself.\n\nProblem: {question}"),
+    ),
+    "zh": TemplateConfig(
+        system="你是一位耐心的数学老师，讲解清楚而简洁。",
+        user=("请一步一步地解答下面的题目。每一步都要简短，并写出计算过程，最后一行必须写成：答案：<数字>\n"
+              "正确答案是 {answer}。它只用于检查你的计算：不要提到你事先知道答案，要像自己算出来一样书写。\n\n"
+              "题目：{question}"),
+    ),
+}
+REVEAL_PHRASES = [
+    "as given", "given answer", "provided answer", "answer provided", "answer given", "answer you gave",
+    "the answer is given", "we are told", "i was told", "you told me", "as stated", "stated answer",
+    "expected answer", "correct answer is given", "according to the answer", "matches the answer",
+    "已知答案", "给定的答案", "给出的答案", "提供的答案", "题目给出的答案", "告诉我答案", "如题所给",
+]
+
+
+class TeacherConfig(Strict):
+    kind: Literal["solver", "hf", "openai"] = "solver"
+    model: str | None = None  # hf: model path or alias; openai: the served model's name
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (may be unset for local servers)
+    concurrency: int = Field(4, gt=0)  # openai: requests in flight
+    timeout: float = Field(60.0, gt=0)  # openai: seconds per request
+    max_retries: int = Field(4, ge=0)  # openai: retries on 429, 5xx, time-outs and connection errors
+    backoff: float = Field(1.0, ge=0)  # first retry delay in seconds; doubles each retry, with jitter
+    max_backoff: float = Field(30.0, ge=0)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, gt=0)
+    attempts: int = Field(3, gt=0)  # tries per question before the question is dropped
+    batch_size: int = Field(16, gt=0)  # hf: prompts per generation batch
+    templates: dict[Literal["en", "zh"], TemplateConfig] = Field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+    reveal_phrases: list[str] = Field(default_factory=lambda: list(REVEAL_PHRASES))
+    min_reasoning_chars: int = Field(12, ge=0)  # text besides the final answer line
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "openai" and not (self.base_url and self.model):
+            raise ValueError("teacher kind 'openai' needs teacher.base_url and teacher.model")
+        if self.kind == "hf" and not self.model:
+            raise ValueError("teacher kind 'hf' needs teacher.model")
+        return self
+
+
+class PairsConfig(Strict):
+    task: TaskConfig = TaskConfig()
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    output_dir: str = "runs/pairs"
+    chunk: int = Field(32, gt=0)  # questions per round of student sampling + teaching; progress is saved per record
+
+
 def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
     keys = dotted.split(".")
     node = tree
@@ -125,7 +226,7 @@ def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
     node[keys[-1]] = value
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
+def format_validation(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
@@ -162,7 +263,7 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str])
     try:
         return schema.model_validate(tree)
     except ValidationError as e:
-        raise AlignkitError(_format_validation(e, source)) from None
+        raise AlignkitError(format_validation(e, source)) from None
 
 
 def save_resolved(cfg: BaseModel, run_dir: Path) -> None:

@@ -125,11 +125,25 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
 def add_lora(model, lora_cfg):
     from peft import LoraConfig, get_peft_model
 
+    layers = None
+    if lora_cfg.layers is not None:
+        n = model.config.num_hidden_layers
+        layers = sorted({i % n for i in lora_cfg.layers if -n <= i < n})
+        if len(layers) != len(set(lora_cfg.layers)):
+            raise AlignkitError(f"model.lora.layers: {lora_cfg.layers} has a layer outside 0..{n - 1} (or -{n}..-1)")
+    targets = lora_cfg.target_modules
+    if layers is not None and targets == "all-linear":  # peft needs names with layers_to_transform
+        import torch
+
+        head = model.get_output_embeddings()
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear) and m is not head})
     cfg = LoraConfig(
+        layers_to_transform=layers,
         r=lora_cfg.r,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
-        target_modules=lora_cfg.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, cfg)

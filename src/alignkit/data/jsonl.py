@@ -1,0 +1,46 @@
+"""Append-only JSONL that survives crashes: each record is one write, flushed and fsynced; a torn last line
+(the process killed mid-write) is cut off when the file is opened again."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from alignkit import AlignkitError
+
+
+def repair(path: Path) -> list[dict]:
+    """The complete records of `path` (none when it does not exist), cutting off a torn last line in place."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    records = []
+    for number, line in enumerate(data[:end].splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise AlignkitError(f"{path}: line {number}: not valid JSON (edited by hand?); move the file away to start over") from None
+    return records
+
+
+class AppendLog:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()

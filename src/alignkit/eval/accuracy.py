@@ -1,0 +1,68 @@
+"""`alignkit eval accuracy`: how often a model's final answer is right on a verifiable task.
+
+    alignkit eval accuracy --model runs/demo/dpo/final --task addition-2d --split heldout --limit 100
+    alignkit eval accuracy --model M --task gsm8k_test.jsonl --samples 8 --k 1,4,8
+
+Greedy pass@1 always; with `--samples n`, n sampled answers per question give unbiased pass@k and maj@k (the
+majority of the first k extracted answers) for each k asked. Writes `results.jsonl` (one line per question) and
+`summary.json` to `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from alignkit.eval.metrics import majority, pass_at_k
+from alignkit.tasks.extract import equivalent, extract_answer
+
+
+def evaluate(model, tokenizer, task, items, samples: int = 0, ks: tuple[int, ...] = (), temperature: float = 0.7,
+             top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0):
+    """(per-item results, summary) for a loaded model."""
+    from alignkit.generation.sample import chat_prompt_ids, generate
+
+    started = time.time()
+    prompts = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
+    greedy = generate(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+    sampled = (generate(model, tokenizer, prompts, n=samples, temperature=temperature, top_p=top_p,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed) if samples else None)
+    results = []
+    for i, item in enumerate(items):
+        text = greedy[i][0].text
+        row = {"id": item.id, "question": item.question, "answer": item.answer, "response": text,
+               "extracted": extract_answer(text), "correct": task.evaluate(item, text),
+               "finished": greedy[i][0].finished, "tokens": len(greedy[i][0].token_ids)}
+        if item.meta.get("reserved") is not None:
+            row["reserved_phrasing"] = item.meta["reserved"]
+        if sampled:
+            texts = [s.text for s in sampled[i]]
+            row["samples"] = [{"extracted": extract_answer(t), "correct": task.evaluate(item, t)} for t in texts]
+        results.append(row)
+    n = len(results)
+    summary = {"task": task.name, "items": n, "accuracy": sum(r["correct"] for r in results) / n,
+               "unfinished": sum(not r["finished"] for r in results),
+               "mean_tokens": round(sum(r["tokens"] for r in results) / n, 1)}
+    reserved = [r for r in results if r.get("reserved_phrasing")]
+    if reserved:
+        summary["accuracy_reserved_phrasings"] = sum(r["correct"] for r in reserved) / len(reserved)
+        summary["items_reserved_phrasings"] = len(reserved)
+    if sampled:
+        summary["samples"] = samples
+        for k in ks:
+            summary[f"pass@{k}"] = sum(pass_at_k(samples, sum(s["correct"] for s in r["samples"]), k)
+                                       for r in results) / n
+            votes = [majority([s["extracted"] for s in r["samples"][:k]]) for r in results]
+            summary[f"maj@{k}"] = sum(equivalent(v, item.answer) for item, v in zip(items, votes)) / n
+    summary["seconds"] = round(time.time() - started, 1)
+    return results, summary
+
+
+def write(results: list[dict], summary: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "w", encoding="utf-8") as f:
+        for row in results:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))

@@ -1,0 +1,136 @@
+"""Batched sampling from a local causal LM with a KV cache and left padding.
+
+    samples = generate(model, tokenizer, [prompt_ids, ...], n=4, temperature=1.0, top_p=0.95,
+                       max_new_tokens=128, seed=0)
+    samples[i][j].text, .token_ids, .logps, .finished
+
+Each (prompt, sample) row draws from its own random stream, seeded by (seed, prompt index, sample index),
+through the exponential race (argmax of p / E with E ~ Exp(1), which picks token i with probability p_i). So
+a row's sample does not depend on which other rows share its batch: a resumed run regenerates exactly what
+an uninterrupted one would have. Rows that reach an end-of-turn token leave the batch (and the KV cache), so
+the batch shrinks as answers finish.
+
+`logps` are the model's own per-token log-probs (temperature 1, before top-p), which is what a reference or
+an old policy would assign to the same tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Sample:
+    text: str  # decoded response, end-of-turn token excluded
+    token_ids: list[int]  # generated ids, the end-of-turn token included when one was produced
+    logps: list[float] = field(default_factory=list)  # per token of token_ids
+    finished: bool = False  # ended with an end-of-turn token (False: hit max_new_tokens)
+
+
+def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    return (seed * 1_000_003 + prompt_index * 10_007 + sample_index) % (2**63 - 1)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next token per row from (B, V) float32 logits."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # (B, V)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    noise = torch.stack([torch.empty(probs.shape[1]).exponential_(generator=g) for g in generators])
+    return (probs / noise.to(probs.device)).argmax(-1)  # exponential race: P(i) = p_i / sum(p)
+
+
+@torch.no_grad()
+def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int, stop_ids: set[int],
+                    temperature: float, top_p: float, max_new_tokens: int) -> list[tuple[list[int], list[float], bool]]:
+    device = next(model.parameters()).device
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding: every row's last prompt token sits in the last column
+        input_ids[i, width - len(r):] = torch.tensor(r)
+        attention[i, width - len(r):] = 1
+    input_ids, attention = input_ids.to(device), attention.to(device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    stop = torch.tensor(sorted(stop_ids), device=device)
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out_ids: list[list[int]] = [[] for _ in rows]
+    out_logps: list[list[float]] = [[] for _ in rows]
+    finished = [False] * len(rows)
+    alive = torch.arange(len(rows))  # original row index of each batch row
+    step_ids, step_pos = input_ids, positions
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos, use_cache=True,
+                       logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()  # (B, V)
+        token = _pick(logits, temperature, top_p, [generators[i] for i in alive.tolist()])  # (B,)
+        token_logp = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
+        done = torch.isin(token, stop)
+        for b, i in enumerate(alive.tolist()):
+            out_ids[i].append(int(token[b]))
+            out_logps[i].append(float(token_logp[b]))
+            finished[i] = bool(done[b])
+        keep = (~done).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            break
+        if keep.numel() < done.numel():  # finished rows leave the batch and the cache
+            cache.batch_select_indices(keep)
+            alive, token, attention, step_pos = alive[keep.cpu()], token[keep], attention[keep], step_pos[keep]
+        step_ids = token[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+    return [(out_ids[i], out_logps[i], finished[i]) for i in range(len(rows))]
+
+
+def generate(model, tokenizer, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+             max_new_tokens: int = 256, seed: int = 0, batch_size: int = 32, stop_ids: set[int] | None = None,
+             prompt_keys: list[int] | None = None) -> list[list[Sample]]:
+    """n samples for each prompt (token ids, e.g. a rendered chat prompt); temperature 0 is greedy.
+
+    `prompt_keys` (default: the prompts' positions) seed each prompt's streams: give each question a stable key
+    and generating a list in pieces, or resuming, gives the same samples as generating it whole.
+    """
+    from alignkit.data.chat import end_of_turn_ids
+
+    if not prompts:
+        return []
+    stop_ids = stop_ids if stop_ids is not None else end_of_turn_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    keys = prompt_keys if prompt_keys is not None else list(range(len(prompts)))
+    jobs = [(p, j) for p in range(len(prompts)) for j in range(n)]
+    jobs.sort(key=lambda job: len(prompts[job[0]]))  # similar lengths share a batch: less padding
+    was_training = model.training
+    model.eval()
+    results: dict[tuple[int, int], Sample] = {}
+    try:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            outs = _generate_batch(
+                model, [list(prompts[p]) for p, _ in chunk],
+                [_row_seed(seed, keys[p], j) for p, j in chunk],
+                pad_id, stop_ids, temperature, top_p, max_new_tokens,
+            )
+            for (p, j), (ids, logps, fin) in zip(chunk, outs):
+                body = ids[:-1] if fin else ids
+                results[(p, j)] = Sample(tokenizer.decode(body, skip_special_tokens=True), ids, logps, fin)
+    finally:
+        model.train(was_training)
+    return [[results[(p, j)] for j in range(n)] for p in range(len(prompts))]
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat prompt with the generation prompt, as the token-boundary contract renders it."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,191 @@
+"""`alignkit pairs build --config C.yaml`: self-correction preference pairs from a student's own mistakes.
+
+For each question with a known answer the student samples k answers. A wrong one, chain of thought included,
+becomes `rejected`; a teacher told the correct answer writes a chain of thought that, once verified, becomes
+`chosen`. Questions the student answers right every time are skipped and counted.
+
+    alignkit pairs build --config configs/pairs/smollm2-addition.yaml teacher.kind=openai \\
+        teacher.base_url=http://127.0.0.1:8000/v1 teacher.model=qwen
+
+Output, in `output_dir`:
+    pairs.jsonl     conversational DPO rows (prompt, chosen, rejected) plus `metadata`; `alignkit dpo` reads it
+    outcomes.jsonl  one line per question: pair, skipped or dropped, with the reason
+    summary.json    questions, student accuracy, pairs, skips, drops by reason
+Both JSONL files are append-only, one fsynced write per record. A rerun after a crash, a Ctrl-C or an endpoint
+outage picks up where the run stopped: questions already in outcomes.jsonl are not asked again, and student
+samples are seeded per question, so the resumed run writes what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from alignkit import AlignkitError
+from alignkit.config import PairsConfig, save_resolved
+from alignkit.data.jsonl import AppendLog, repair
+from alignkit.tasks import make_task, task_items
+from alignkit.tasks.extract import extract_answer
+
+_SAME_RUN = ("task", "student", "teacher.kind", "teacher.model")
+
+
+def _fingerprint(cfg: PairsConfig) -> dict:
+    dump = cfg.model_dump(mode="json")
+    return {"task": dump["task"], "student": dump["student"],
+            "teacher.kind": dump["teacher"]["kind"], "teacher.model": dump["teacher"]["model"]}
+
+
+def _check_same_run(out: Path, cfg: PairsConfig) -> None:
+    marker = out / "run.json"
+    now = _fingerprint(cfg)
+    if marker.exists():
+        before = json.loads(marker.read_text())
+        changed = [k for k in _SAME_RUN if before.get(k) != now[k]]
+        if changed:
+            raise AlignkitError(f"{out}: holds pairs built with a different {', '.join(changed)}; "
+                                f"use another output_dir or move this one away")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(now, indent=1))
+
+
+def _reconcile(pairs: list[dict], outcomes: list[dict], outcome_log: AppendLog) -> dict[str, dict]:
+    """Outcomes by question id. A pair written just before a crash, without its outcome line, gets one now."""
+    by_id = {o["id"]: o for o in outcomes}
+    for row in pairs:
+        meta = row["metadata"]
+        if meta["id"] not in by_id:
+            record = {"id": meta["id"], "outcome": "pair", "reason": None,
+                      "student_correct": meta["student_correct"], "student_samples": meta["student_samples"]}
+            outcome_log.write(record)
+            by_id[meta["id"]] = record
+    return by_id
+
+
+def summarize(outcomes: dict[str, dict], total: int, retries: int = 0) -> dict:
+    samples = sum(o["student_samples"] for o in outcomes.values())
+    drops = Counter(o["reason"] for o in outcomes.values() if o["outcome"] == "dropped")
+    return {
+        "questions": total,
+        "done": len(outcomes),
+        "student_accuracy": round(sum(o["student_correct"] for o in outcomes.values()) / samples, 4) if samples else None,
+        "pairs": sum(o["outcome"] == "pair" for o in outcomes.values()),
+        "skipped_always_right": sum(o["outcome"] == "skipped" for o in outcomes.values()),
+        "dropped": sum(drops.values()),
+        "dropped_by_reason": dict(sorted(drops.items())),
+        "teacher_retries": retries,
+    }
+
+
+def _rejected(task, item, samples):
+    """The student's first wrong, non-empty answer, preferring ones that ended on their own."""
+    wrong = [s for s in samples if s.text.strip() and not task.evaluate(item, s.text)]
+    finished = [s for s in wrong if s.finished]
+    return (finished or wrong or [None])[0]
+
+
+def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
+    """Build (or resume) the pairs; returns the summary. `student`/`tokenizer` may be passed in already loaded."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(cfg.output_dir)
+    task = make_task(cfg.task)
+    items = task_items(task, cfg.task)
+    _check_same_run(out, cfg)
+    save_resolved(cfg, out)
+
+    pair_rows, outcome_rows = repair(out / "pairs.jsonl"), repair(out / "outcomes.jsonl")
+    pair_log, outcome_log = AppendLog(out / "pairs.jsonl"), AppendLog(out / "outcomes.jsonl")
+    outcomes: dict[str, dict] = {}
+    retries = 0
+    try:
+        outcomes = _reconcile(pair_rows, outcome_rows, outcome_log)
+        keys = {item.id: i for i, item in enumerate(items)}
+        todo = [item for item in items if item.id not in outcomes]
+        if outcomes:
+            log(f"pairs: resuming, {len(outcomes)} of {len(items)} questions already done")
+        teacher = None
+        started = time.time()
+        if todo:
+            from alignkit.generation.sample import chat_prompt_ids, generate
+            from alignkit.models.load import load_model, load_tokenizer
+            from alignkit.pairs.teachers import make_teacher
+
+            if student is None:
+                tokenizer = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
+                student = load_model(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
+            teacher = make_teacher(cfg.teacher)
+        for start in range(0, len(todo), cfg.chunk):
+            chunk = todo[start:start + cfg.chunk]
+            s = cfg.student
+            samples = generate(student, tokenizer, [chat_prompt_ids(tokenizer, it.messages()) for it in chunk],
+                               n=s.samples, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                               seed=s.seed, batch_size=s.batch_size, prompt_keys=[keys[it.id] for it in chunk])
+            need, rejected = [], {}
+            for item, item_samples in zip(chunk, samples):
+                correct = sum(task.evaluate(item, x.text) for x in item_samples)
+                base = {"id": item.id, "student_correct": correct, "student_samples": len(item_samples)}
+                choice = _rejected(task, item, item_samples)
+                if choice is None:
+                    reason = "student_always_right" if correct == len(item_samples) else "student_empty"
+                    record = {**base, "outcome": "skipped" if correct == len(item_samples) else "dropped",
+                              "reason": reason}
+                    outcome_log.write(record)
+                    outcomes[item.id] = record
+                else:
+                    need.append(item)
+                    rejected[item.id] = (choice, base)
+            for index, teaching in teacher.teach(task, need):
+                item = need[index]
+                choice, base = rejected[item.id]
+                retries += teaching.retries
+                if teaching.text is None:
+                    record = {**base, "outcome": "dropped", "reason": teaching.reason, "teacher_attempts": teaching.attempts}
+                else:
+                    pair_log.write({
+                        "prompt": item.messages(),
+                        "chosen": [{"role": "assistant", "content": teaching.text}],
+                        "rejected": [{"role": "assistant", "content": choice.text}],
+                        "metadata": {
+                            "task": task.name, "id": item.id, "question": item.question, "answer": item.answer,
+                            "student_answer": extract_answer(choice.text), "student_finished": choice.finished,
+                            "student_correct": base["student_correct"], "student_samples": base["student_samples"],
+                            "teacher": teacher.name,
+                            "verification": {"answer": True, "answer_line": True, "reasoning": True,
+                                             "no_reveal": True, "attempts": teaching.attempts},
+                        },
+                    })
+                    record = {**base, "outcome": "pair", "reason": None, "teacher_attempts": teaching.attempts}
+                outcome_log.write(record)
+                outcomes[item.id] = record
+            so_far = summarize(outcomes, len(items))
+            log(f"pairs: {so_far['done']}/{len(items)} questions, {so_far['pairs']} pairs, "
+                f"{so_far['skipped_always_right']} skipped, {so_far['dropped']} dropped ({time.time() - started:.0f}s)")
+    except AlignkitError as e:
+        summary = summarize(outcomes, len(items), retries)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        raise AlignkitError(f"{e}; {summary['done']} of {len(items)} questions are saved in {out}, "
+                            f"rerun the same command to resume") from None
+    finally:
+        pair_log.close()
+        outcome_log.close()
+    summary = summarize(outcomes, len(items), retries)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def format_summary(summary: dict, out: str) -> str:
+    acc = summary["student_accuracy"]
+    lines = [
+        f"questions          {summary['questions']}",
+        f"student accuracy   {acc:.1%}" if acc is not None else "student accuracy   -",
+        f"pairs              {summary['pairs']}",
+        f"skipped (always right) {summary['skipped_always_right']}",
+        f"dropped            {summary['dropped']}"
+        + ("".join(f"\n  {reason:<17}{n}" for reason, n in summary["dropped_by_reason"].items())),
+        f"output             {out}/pairs.jsonl",
+    ]
+    return "\n".join(lines)

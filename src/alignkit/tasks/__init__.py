@@ -1,0 +1,35 @@
+"""Verifiable tasks: items with a known answer, graded by `task.evaluate(item, text)`; `task.reward` reuses it."""
+
+from __future__ import annotations
+
+import re
+
+from alignkit import AlignkitError
+from alignkit.tasks.base import ANSWER_LINE, Item, Task
+
+BUILTIN = re.compile(r"(addition|subtraction|multiplication)-(\d)d")
+OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
+
+
+def make_task(cfg) -> Task:
+    """A task from a TaskConfig: a built-in name such as 'addition-2d', or a file of questions."""
+    if cfg.file:
+        from alignkit.tasks.files import FileTask
+
+        return FileTask(cfg.file, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.split)
+    m = BUILTIN.fullmatch(cfg.name or "")
+    if not m:
+        raise AlignkitError(f"task '{cfg.name}': unknown (built-in: addition-Nd, subtraction-Nd, multiplication-Nd, "
+                            f"N = 1..6; or give a file)")
+    from alignkit.tasks.arithmetic import Arithmetic
+
+    size = {cfg.split: cfg.limit} if cfg.limit else None
+    return Arithmetic(OPS[m.group(1)], int(m.group(2)), tuple(cfg.languages), size=size, seed=cfg.seed)
+
+
+def task_items(task: Task, cfg) -> list[Item]:
+    items = task.items(cfg.split)
+    return items[: cfg.limit] if cfg.limit else items
+
+
+__all__ = ["ANSWER_LINE", "Item", "Task", "make_task", "task_items"]

@@ -1,0 +1,79 @@
+"""Batched KV-cache sampling against transformers' own generate and a full forward pass."""
+
+import pytest
+import torch
+
+from alignkit.generation.sample import chat_prompt_ids, generate
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+QUESTIONS = ["What is 2 + 2?", "Add 17 and 25, please, and explain each step in detail.", "你好", "x"]
+
+
+def _prompts(tok):
+    return [chat_prompt_ids(tok, [{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+def test_greedy_matches_transformers_generate_one_prompt_at_a_time(lm):
+    model, tok = lm
+    prompts = _prompts(tok)
+    batched = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=12, batch_size=4, stop_ids=set())
+    for prompt, (sample,) in zip(prompts, batched):
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, eos_token_id=None,
+                             pad_token_id=tok.pad_token_id)[0, len(prompt):].tolist()
+        assert sample.token_ids == ref  # left padding and the shrinking batch change nothing
+        assert not sample.finished and len(sample.token_ids) == 12
+
+
+def test_logps_equal_a_full_forward(lm):
+    model, tok = lm
+    prompts = _prompts(tok)
+    samples = generate(model, tok, prompts, n=2, temperature=1.0, max_new_tokens=8, seed=3, stop_ids=set())
+    for prompt, row in zip(prompts, samples):
+        for s in row:
+            ids = torch.tensor([prompt + s.token_ids])
+            with torch.no_grad():
+                logps = model(ids).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+            expected = logps.gather(1, torch.tensor(s.token_ids)[:, None]).squeeze(1)
+            assert torch.allclose(torch.tensor(s.logps), expected, atol=1e-4)
+
+
+def test_a_rows_sample_does_not_depend_on_its_batch(lm):
+    model, tok = lm
+    prompts = _prompts(tok)
+    together = generate(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=10, seed=5, batch_size=12)
+    apart = generate(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=10, seed=5, batch_size=2)
+    pieces = [generate(model, tok, [p], n=3, temperature=1.0, max_new_tokens=10, seed=5, prompt_keys=[i])[0]
+              for i, p in enumerate(prompts)]
+    ids = lambda rows: [[s.token_ids for s in row] for row in rows]  # noqa: E731
+    assert ids(together) == ids(apart) == ids(pieces)
+    assert len({tuple(s.token_ids) for s in together[0]}) > 1  # different samples per prompt
+    other_seed = generate(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=10, seed=6)
+    assert ids(other_seed) != ids(together)
+
+
+def test_stops_at_end_of_turn_and_drops_it_from_text(lm):
+    model, tok = lm
+    prompts = _prompts(tok)
+    free = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=6, stop_ids=set())
+    stop_token = free[1][0].token_ids[2]  # make the third greedy token of prompt 1 the end of turn
+    stopped = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=6, stop_ids={stop_token})
+    s = stopped[1][0]
+    cut = free[1][0].token_ids.index(stop_token)
+    assert s.finished and s.token_ids == free[1][0].token_ids[: cut + 1]
+    assert s.text == tok.decode(s.token_ids[:-1], skip_special_tokens=True)
+    assert len(s.logps) == len(s.token_ids)
+
+
+def test_top_p_tiny_is_greedy(lm):
+    model, tok = lm
+    prompts = _prompts(tok)
+    greedy = generate(model, tok, prompts, temperature=0, max_new_tokens=6, stop_ids=set())
+    nucleus = generate(model, tok, prompts, temperature=1.0, top_p=1e-6, max_new_tokens=6, stop_ids=set(), seed=9)
+    assert [r[0].token_ids for r in greedy] == [r[0].token_ids for r in nucleus]

@@ -1,0 +1,212 @@
+"""`alignkit pairs build`: pairs from a student's mistakes, a verified teacher, faults, and resuming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignkit.cli import main
+from alignkit.config import REVEAL_PHRASES, TaskConfig
+from alignkit.pairs.verify import verify
+from alignkit.tasks import make_task, task_items
+from conftest import ROOT
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_teacher import FakeTeacher  # noqa: E402
+
+N = 12
+
+
+def _config(tmp_path: Path, student: Path, out: Path, teacher: dict, **extra) -> Path:
+    cfg = {
+        "task": {"name": "addition-2d", "split": "train", "limit": N},
+        "student": {"model": str(student), "samples": 2, "max_new_tokens": 8, "batch_size": 8},
+        "teacher": teacher,
+        "output_dir": str(out),
+        "chunk": 4,
+        **extra,
+    }
+    path = tmp_path / f"pairs-{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _openai(url: str, **kw) -> dict:
+    return {"kind": "openai", "base_url": url, "model": "teacher", "timeout": 1.0, "max_retries": 3,
+            "backoff": 0.01, "concurrency": 3, **kw}
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _build(config: Path) -> int:
+    try:
+        main(["pairs", "build", "--config", str(config)])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def _check_output(out: Path):
+    """Every question's outcome exactly once; every pair verified; returns (outcomes, pairs)."""
+    task_cfg = TaskConfig(name="addition-2d", split="train", limit=N)
+    task = make_task(task_cfg)
+    items = {i.id: i for i in task_items(task, task_cfg)}
+    outcomes, pairs = _read(out / "outcomes.jsonl"), _read(out / "pairs.jsonl")
+    assert sorted(o["id"] for o in outcomes) == sorted(items)  # each question once, none missing
+    assert len({p["metadata"]["id"] for p in pairs}) == len(pairs)
+    assert {p["metadata"]["id"] for p in pairs} == {o["id"] for o in outcomes if o["outcome"] == "pair"}
+    for p in pairs:
+        item = items[p["metadata"]["id"]]
+        assert p["prompt"] == [{"role": "user", "content": item.question}]
+        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+        assert verify(task, item, chosen, REVEAL_PHRASES, 12) == (chosen, None)
+        assert task.evaluate(item, chosen) and not task.evaluate(item, rejected)
+    return outcomes, pairs
+
+
+def test_solver_teacher_builds_pairs_a_dpo_run_can_read(tiny_model, tmp_path, capsys):
+    out = tmp_path / "solver"
+    assert _build(_config(tmp_path, tiny_model, out, {"kind": "solver"})) == 0
+    outcomes, pairs = _check_output(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == len(pairs) == N  # a random student is never right
+    assert summary["student_accuracy"] == 0.0
+    assert "pairs              12" in capsys.readouterr().out
+    meta = pairs[0]["metadata"]
+    assert meta["teacher"] == "solver" and meta["verification"]["answer"] is True
+    from alignkit.data.collate import load_pairs
+    from transformers import AutoTokenizer
+
+    assert len(load_pairs(str(out / "pairs.jsonl"), AutoTokenizer.from_pretrained(tiny_model), 512, 256, True,
+                          "train")) == N
+
+
+def test_faults_are_retried_dropped_with_reasons_and_counted(tiny_model, tmp_path):
+    items = task_items(make_task(TaskConfig(name="addition-2d", split="train", limit=N)),
+                       TaskConfig(name="addition-2d", split="train", limit=N))
+    q = [i.question for i in items]
+    script = {q[0]: ["500"], q[1]: ["429"], q[2]: ["timeout"], q[3]: ["malformed"], q[4]: ["empty"],
+              q[5]: ["empty"] * 9, q[6]: ["reveal"] * 9, q[7]: ["wrong"] * 9, q[8]: ["500", "500"]}
+
+    def plan(question, attempt):
+        steps = script.get(question, [])
+        return steps[attempt - 1] if attempt <= len(steps) else "ok"
+
+    server = FakeTeacher(plan, slow=2.5)
+    try:
+        out = tmp_path / "faults"
+        assert _build(_config(tmp_path, tiny_model, out, _openai(server.url))) == 0
+    finally:
+        server.stop()
+    outcomes, pairs = _check_output(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == len(pairs) == N - 3
+    assert summary["dropped_by_reason"] == {"empty_content": 1, "reveals_answer": 1, "wrong_answer": 1}
+    assert summary["teacher_retries"] == 5  # 500, 429, the time-out and two 500s, each retried once
+    by_id = {o["id"]: o for o in outcomes}
+    assert by_id[items[3].id]["teacher_attempts"] == 2  # malformed body: asked again
+    assert by_id[items[5].id]["teacher_attempts"] == 3  # the configured attempts, then dropped
+
+
+def test_endpoint_dying_mid_run_stops_cleanly_and_a_rerun_resumes(tiny_model, tmp_path, capsys):
+    calls = {"n": 0}
+
+    def dying(question, attempt):
+        calls["n"] += 1
+        return "die" if calls["n"] == 6 else "ok"
+
+    server = FakeTeacher(dying)
+    out = tmp_path / "dies"
+    config = _config(tmp_path, tiny_model, out, _openai(server.url, max_retries=2, concurrency=1))
+    assert _build(config) == 2
+    err = capsys.readouterr().err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    first = (out / "pairs.jsonl").read_text()
+    assert 0 < len(first.splitlines()) < N
+    healthy = FakeTeacher(lambda q, a: "ok", port=server.port)
+    try:
+        assert _build(config) == 0
+    finally:
+        healthy.stop()
+    assert "resuming" in capsys.readouterr().err
+    _, pairs = _check_output(out)
+    assert len(pairs) == N
+    assert (out / "pairs.jsonl").read_text().startswith(first)  # nothing written before was lost or rewritten
+
+
+def test_sigkill_mid_run_then_rerun_gives_every_outcome_once(tiny_model, tmp_path):
+    server = FakeTeacher(lambda q, a: "ok", delay=0.3)
+    try:
+        whole = tmp_path / "whole"
+        assert _build(_config(tmp_path, tiny_model, whole, _openai(server.url, concurrency=1))) == 0
+        out = tmp_path / "killed"
+        config = _config(tmp_path, tiny_model, out, _openai(server.url, concurrency=1))
+        cmd = [sys.executable, "-c", "from alignkit.cli import main; main()", "pairs", "build", "--config", str(config)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = out / "outcomes.jsonl"
+            if done.exists() and len(done.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = len((out / "outcomes.jsonl").read_text().splitlines())
+        assert killed_at < N
+        rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+    finally:
+        server.stop()
+    _check_output(out)
+    # Student samples are seeded per question, so the resumed file holds what the uninterrupted one does.
+    key = lambda rows: sorted((p["metadata"]["id"], p["rejected"][0]["content"]) for p in rows)  # noqa: E731
+    assert key(_read(out / "pairs.jsonl")) == key(_read(whole / "pairs.jsonl"))
+
+
+def test_a_torn_last_line_is_cut_and_redone(tiny_model, tmp_path):
+    out = tmp_path / "torn"
+    config = _config(tmp_path, tiny_model, out, {"kind": "solver"})
+    assert _build(config) == 0
+    pairs_path, outcomes_path = out / "pairs.jsonl", out / "outcomes.jsonl"
+    lines = outcomes_path.read_text().splitlines(keepends=True)
+    # As if killed mid-write: the last outcome half written, its pair complete.
+    outcomes_path.write_text("".join(lines[:-1]) + lines[-1][:10])
+    assert _build(config) == 0
+    _check_output(out)
+    assert len(pairs_path.read_text().splitlines()) == N
+
+
+def test_changed_config_in_the_same_output_dir_is_refused(tiny_model, tmp_path, capsys):
+    out = tmp_path / "same"
+    assert _build(_config(tmp_path, tiny_model, out, {"kind": "solver"})) == 0
+    other = _config(tmp_path, tiny_model, out, {"kind": "solver"}, chunk=2)
+    assert _build(other) == 0  # chunk does not change what is built
+    cfg = yaml.safe_load(other.read_text())
+    cfg["student"]["temperature"] = 0.5
+    other.write_text(yaml.safe_dump(cfg))
+    assert _build(other) == 2
+    assert "different student" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.kind=openai", "teacher kind 'openai' needs teacher.base_url and teacher.model"),
+    ("teacher.kind=hf", "teacher kind 'hf' needs teacher.model"),
+    ("student.samples=0", "student.samples"),
+    ("task.name=division-2d", "task 'division-2d': unknown"),
+])
+def test_bad_config_fails_before_loading(tmp_path, override, message, capsys):
+    config = _config(tmp_path, tmp_path / "no-model", tmp_path / "x", {"kind": "solver"})
+    try:
+        main(["pairs", "build", "--config", str(config), override])
+    except SystemExit as e:
+        assert e.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
