@@ -44,7 +44,23 @@ def test_shipped_configs_validate():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    for path in sorted((root / "configs" / "dpo").glob("*.yaml")):
-        first = path.read_text().splitlines()[0]
-        assert first.startswith("# alignkit dpo --config"), path  # first line: the command that runs it
-        load_config(DPOConfig, str(path), [])
+    from alignkit.config import PairsConfig
+
+    for command, schema in (("dpo", DPOConfig), ("pairs", PairsConfig)):
+        paths = sorted((root / "configs" / command).glob("*.yaml"))
+        assert paths
+        for path in paths:
+            first = path.read_text().splitlines()[0]
+            wanted = "# alignkit pairs build --config" if command == "pairs" else "# alignkit dpo --config"
+            assert first.startswith(wanted), path  # first line: the command that runs it
+            load_config(schema, str(path), [])
+
+
+def test_lora_layers_adapt_only_the_chosen_layers(tiny_model):
+    from alignkit.config import LoraConfig
+    from alignkit.models.load import add_lora, load_model
+
+    model = add_lora(load_model(str(tiny_model)), LoraConfig(r=4, layers=[-1]))
+    adapted = {name.split(".layers.")[1].split(".")[0] for name, p in model.named_parameters()
+               if p.requires_grad}
+    assert adapted == {"1"}  # the tiny model has layers 0 and 1; -1 is the top one

@@ -210,3 +210,17 @@ def test_bad_config_fails_before_loading(tmp_path, override, message, capsys):
         assert e.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_hf_teacher_answers_are_verified_and_failures_dropped_with_reasons(tiny_model, tmp_path):
+    """A random local model as teacher never writes a verifiable answer: every question is asked `attempts`
+    times, then dropped with its reason, and no pair is written."""
+    out = tmp_path / "hf"
+    teacher = {"kind": "hf", "model": str(tiny_model), "attempts": 2, "max_tokens": 8, "temperature": 1.0}
+    assert _build(_config(tmp_path, tiny_model, out, teacher)) == 0
+    outcomes, pairs = _check_output(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert pairs == [] and summary["dropped"] == N
+    assert sum(summary["dropped_by_reason"].values()) == N
+    assert set(summary["dropped_by_reason"]) <= {"empty", "no_answer_line", "wrong_answer", "no_reasoning"}
+    assert all(o["teacher_attempts"] == 2 for o in outcomes)

@@ -1,0 +1,42 @@
+"""`alignkit eval accuracy` through the CLI on a tiny model: files, fields and sampled metrics."""
+
+import json
+
+import pytest
+
+from alignkit.cli import main
+from conftest import write_jsonl
+
+
+def test_accuracy_on_a_builtin_task_with_samples(tiny_model, tmp_path, capsys):
+    out = tmp_path / "acc"
+    main(["eval", "accuracy", "--model", str(tiny_model), "--task", "addition-2d", "--limit", "5", "--samples", "3",
+          "--k", "1,3", "--max-new-tokens", "6", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert summary["items"] == len(rows) == 5
+    assert {"pass@1", "pass@3", "maj@1", "maj@3", "accuracy", "accuracy_reserved_phrasings"} <= set(summary)
+    assert all(len(r["samples"]) == 3 for r in rows)
+    # Recompute pass@1 from the per-item rows: the mean fraction of correct samples.
+    expected = sum(sum(s["correct"] for s in r["samples"]) / 3 for r in rows) / 5
+    assert summary["pass@1"] == pytest.approx(expected)
+    assert summary["accuracy"] == sum(r["correct"] for r in rows) / 5
+    assert json.loads(capsys.readouterr().out)["items"] == 5
+
+
+def test_accuracy_on_a_question_file(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": "What is 1 + 1?", "answer": "#### 2"},
+                                              {"question": "What is 2 + 2?", "answer": "4"}])
+    out = tmp_path / "acc"
+    main(["eval", "accuracy", "--model", str(tiny_model), "--task", str(data), "--max-new-tokens", "4",
+          "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in rows] == ["2", "4"]
+
+
+def test_bad_k_is_a_clear_error(tiny_model, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "accuracy", "--model", str(tiny_model), "--task", "addition-2d", "--samples", "2",
+              "--k", "4", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "each k must be between 1 and --samples 2" in capsys.readouterr().err
