@@ -1,8 +1,8 @@
 """Chat completions from any OpenAI-compatible endpoint (vLLM, SGLang, llama.cpp, `alignkit serve`, hosted APIs).
 
-    client = ChatClient("http://127.0.0.1:8000/v1", "my-model", concurrency=8)
-    for index, reply in client.complete_many([messages, ...], temperature=0.7, max_tokens=512):
-        reply.text, reply.error
+    client = ChatClient("http://127.0.0.1:8000/v1", "my-model")
+    reply = client.complete(messages, temperature=0.7, max_tokens=512)   # reply.text, reply.error
+    for index, reply in in_parallel(lambda m: client.complete(m), conversations, concurrency=8): ...
 
 Transport failures (HTTP 429 and 5xx, time-outs, refused or dropped connections) are retried with exponential
 back-off and jitter, honouring a server's Retry-After. When the retries run out, `EndpointUnavailable` is raised:
@@ -46,8 +46,7 @@ def _retry_after(exc) -> float | None:
 
 class ChatClient:
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0, concurrency: int = 4,
-                 seed: int = 0):
+                 max_retries: int = 4, backoff: float = 1.0, max_backoff: float = 30.0, seed: int = 0):
         try:
             import openai
         except ImportError:
@@ -58,7 +57,6 @@ class ChatClient:
         self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
         self.base_url, self.model = base_url, model
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
-        self.concurrency = concurrency
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.retries_total = 0  # across calls, for summaries
@@ -107,10 +105,6 @@ class ChatClient:
             if not isinstance(text, str) or not text.strip():
                 return Reply(None, "empty_content", retries)
             return Reply(text, None, retries)
-
-    def complete_many(self, conversations: list[list[dict]], **params) -> Iterator[tuple[int, Reply]]:
-        """(index, reply) in completion order, at most `concurrency` requests in flight."""
-        return in_parallel(lambda conv: self.complete(conv, **params), conversations, self.concurrency)
 
 
 def in_parallel(fn, jobs: list, concurrency: int) -> Iterator[tuple[int, object]]:

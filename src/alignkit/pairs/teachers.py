@@ -90,7 +90,7 @@ class OpenAITeacher:
         self.cfg = cfg
         self.name = f"openai:{cfg.model}@{cfg.base_url}"
         self.client = ChatClient(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout, cfg.max_retries,
-                                 cfg.backoff, cfg.max_backoff, cfg.concurrency, cfg.seed)
+                                 cfg.backoff, cfg.max_backoff, cfg.seed)
 
     def _one(self, task: Task, item: Item) -> Teaching:
         cfg, retries, reason = self.cfg, 0, None
