@@ -32,7 +32,6 @@ def _say(msg: str) -> None:
 
 def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max_new_tokens, batch_size):
     from alignkit.eval import accuracy
-    from alignkit.models.load import load_model
     from alignkit.tasks import make_task, task_items
 
     if (out / "summary.json").exists():
@@ -40,7 +39,6 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
         return json.loads((out / "summary.json").read_text())
     task = make_task(task_cfg)
     items = task_items(task, task_cfg)
-    model = model if model is not None else load_model(model_path)
     _say(f"[{name}] greedy answers to {len(items)} held-out questions ...")
     results, summary = accuracy.evaluate(model, tokenizer, task, items, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size)

@@ -44,6 +44,11 @@ def _render(tokenizer, messages, **kw) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a chat prompt with the generation prompt, exactly as the contract renders prompts."""
+    return _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
+
+
 class Tokenize:
     """Callable row -> TokenizedPair for one tokenizer; caches the end-of-turn ids."""
 
@@ -69,7 +74,7 @@ class Tokenize:
             if self.tokenizer.chat_template is None:
                 raise AlignkitError(f"{where}: field 'prompt': conversational row but the tokenizer has no chat template")
             prompt_text = _render(self.tokenizer, row.prompt, add_generation_prompt=True)
-            prompt_ids = _encode(self.tokenizer, prompt_text)
+            prompt_ids = _encode(self.tokenizer, prompt_text)  # = chat_prompt_ids(tokenizer, row.prompt)
             chosen = self._conversation_response(prompt_text, row.prompt, row.chosen, where, "chosen")
             rejected = self._conversation_response(prompt_text, row.prompt, row.rejected, where, "rejected")
         else:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from alignkit.data.chat import chat_prompt_ids  # noqa: F401  (re-exported: prompts for generate)
+
 
 @dataclass
 class Sample:
@@ -128,9 +130,3 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int = 1, temperature
     finally:
         model.train(was_training)
     return [[results[(p, j)] for j in range(n)] for p in range(len(prompts))]
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat prompt with the generation prompt, as the token-boundary contract renders it."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -62,7 +62,6 @@ class HFTeacher:
 
         cfg = self.cfg
         todo = list(range(len(items)))
-        reasons: dict[int, str] = {}
         for attempt in range(cfg.attempts):
             if not todo:
                 break
@@ -78,7 +77,6 @@ class HFTeacher:
                 elif attempt + 1 == cfg.attempts:
                     yield i, Teaching(None, reason, attempt + 1)
                 else:
-                    reasons[i] = reason
                     failed.append(i)
             todo = failed
 
