@@ -21,7 +21,7 @@ def _cache(tmp_path_factory):
 def tokenizer_dir(tmp_path_factory) -> Path:
     from transformers import AutoTokenizer
 
-    from alignkit.models.load import ALIASES, _alias_gguf, cache_root
+    from alignkit.models.load import _alias_gguf, cache_root
 
     cached = cache_root() / "models" / "smollm2-135m-instruct"
     if (cached / "tokenizer.json").is_file():

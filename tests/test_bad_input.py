@@ -1,6 +1,5 @@
 """Bad input: a one-line error naming file, row and field; non-zero exit; no traceback."""
 
-import json
 import subprocess
 import sys
 

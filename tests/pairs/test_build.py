@@ -1,7 +1,6 @@
 """`alignkit pairs build`: pairs from a student's mistakes, a verified teacher, faults, and resuming."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -224,3 +223,50 @@ def test_hf_teacher_answers_are_verified_and_failures_dropped_with_reasons(tiny_
     assert sum(summary["dropped_by_reason"].values()) == N
     assert set(summary["dropped_by_reason"]) <= {"empty", "no_answer_line", "wrong_answer", "no_reasoning"}
     assert all(o["teacher_attempts"] == 2 for o in outcomes)
+
+
+def test_recorded_rejected_log_probs_serve_as_dpo_reference(tiny_model, tmp_path, capsys):
+    """A pairs file records the student's log-prob of each rejected answer (sampled at temperature 1, so it is
+    the initial policy's log-prob; tests/generation checks sampler log-probs against a forward pass). DPO uses
+    a record only when model, dtype and token ids match, and its reference table equals a forward pass."""
+    from transformers import AutoTokenizer
+
+    from alignkit.algos.dpo import pair_key
+    from alignkit.algos.logps import compute_logps, model_fingerprint
+    from alignkit.data.collate import load_pairs
+    from alignkit.models.load import load_model
+    from alignkit.models.logprobs import SequenceLogps
+
+    out = tmp_path / "sampled"
+    assert _build(_config(tmp_path, tiny_model, out, {"kind": "solver"})) == 0
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    model = load_model(str(tiny_model)).eval()
+    fingerprint = model_fingerprint(model)
+    for r in rows:
+        hint = r["metadata"]["student_logps"]
+        assert (hint["model"], hint["dtype"]) == (fingerprint, "torch.float32")
+        assert len(hint["token_ids"]) > 0 and hint["logp"] < 0
+    # A random tiny model's samples rarely re-tokenize to themselves, so set each record to the tokens DPO
+    # will see, with the forward-pass value; row 0 keeps tokens that do not match and must be recomputed.
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    pairs = load_pairs(str(out / "pairs.jsonl"), tok, 512, 256)
+    direct = compute_logps(SequenceLogps(model), pairs, tok.pad_token_id, 4)
+    for i, (r, p, d) in enumerate(zip(rows, pairs, direct)):
+        ids = list(p.rejected_ids) if i else list(p.rejected_ids[:-1])
+        r["metadata"]["student_logps"].update(token_ids=ids, logp=d["rejected_logp"])
+    (out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    cache = tmp_path / "ref-cache"
+    cfg = tmp_path / "dpo.yaml"
+    cfg.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {out / 'pairs.jsonl'}\n"
+                   f"reference:\n  cache_dir: {cache}\n"
+                   f"train:\n  output_dir: {tmp_path / 'dpo'}\n  batch_size: 4\n  micro_batch_size: 4\n  max_steps: 1\n")
+    capsys.readouterr()
+    main(["dpo", "--config", str(cfg), "train.epochs=1", "train.max_steps=null"])
+    assert f"computing {N} of {N} pairs ({N - 1} rejected from the sampler's record)" in capsys.readouterr().out
+    (cache_file,) = cache.glob("*.jsonl")
+    cached = {c["key"]: c for c in map(json.loads, cache_file.read_text().splitlines())}
+    assert len(cached) == N
+    for p, d in zip(pairs, direct):
+        assert cached[pair_key(p)]["chosen_logp"] == pytest.approx(d["chosen_logp"], abs=1e-4)
+        assert cached[pair_key(p)]["rejected_logp"] == pytest.approx(d["rejected_logp"], abs=1e-4)

@@ -34,14 +34,14 @@ from pathlib import Path
 import torch
 
 from alignkit import AlignkitError
-from alignkit.algos.logps import compute_logps, model_fingerprint, read_logps
+from alignkit.algos.logps import compute_logps, compute_response_logps, model_fingerprint, read_logps
 from alignkit.config import DPOConfig, save_resolved
 from alignkit.data.chat import TokenizedPair
 from alignkit.data.collate import PairBatch, collate, load_pairs
 from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
 from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
 from alignkit.models.logprobs import SequenceLogps
-from alignkit.train.loop import train
+from alignkit.train.loop import finish, train
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +202,21 @@ def _cached_tables(cfg, weights: str, seq_logps, needed: dict, pad_id, accelerat
     wanted = {pair_key(p): p for pairs in needed.values() for p in pairs}
     missing = [p for k, p in wanted.items() if k not in known]
     if missing and accelerator.is_main_process:
-        print(f"reference log-probs: computing {len(missing)} of {len(wanted)} pairs (cache {path})")
-        results = compute_logps(seq_logps, missing, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
+        # A rejected response sampled from this very model at temperature 1 (a pairs file's student answer)
+        # comes with its log-prob: only its chosen half needs a forward pass.
+        dtype = "torch.bfloat16" if cfg.train.bf16 else "torch.float32"
+        usable = [p.rejected_hint is not None and p.rejected_hint[:3] == (weights, dtype, p.rejected_ids)
+                  for p in missing]
+        hinted = [p for p, ok in zip(missing, usable) if ok]
+        full = [p for p, ok in zip(missing, usable) if not ok]
+        print(f"reference log-probs: computing {len(missing)} of {len(wanted)} pairs"
+              + (f" ({len(hinted)} rejected from the sampler's record)" if hinted else "") + f" (cache {path})")
+        results = compute_logps(seq_logps, full, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
                                 accelerator.device, adapter_off)
+        chosen = compute_response_logps(seq_logps, [(p.prompt_ids, p.chosen_ids) for p in hinted], pad_id,
+                                        cfg.train.eval_batch_size, cfg.train.bf16, accelerator.device, adapter_off)
+        results += [{"chosen_logp": c, "rejected_logp": p.rejected_hint[3]} for p, c in zip(hinted, chosen)]
+        missing = full + hinted
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             for pair, r in zip(missing, results):
@@ -271,7 +283,7 @@ def run(cfg: DPOConfig) -> Path:
     weights = model_fingerprint(model) if mode == "cached" else ""  # the initial policy, before any adapter
     if cfg.model.lora is not None:
         model = add_lora(model, cfg.model.lora)
-    policy = SequenceLogps(model, t.logits_chunk).to(accelerator.device)
+    policy = SequenceLogps(model, t.logits_chunk, t.share_prompts).to(accelerator.device)
     adapter_off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
     autocast = accelerator.autocast if t.bf16 else contextlib.nullcontext
 
@@ -294,32 +306,13 @@ def run(cfg: DPOConfig) -> Path:
         raw = policy  # the unwrapped module; no gradients flow through the reference pass
         reference = dict.fromkeys(("train", "eval"), ModelReference(raw, adapter_off, autocast))
     else:  # copy
-        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk).eval().requires_grad_(False)
+        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk, t.share_prompts).eval().requires_grad_(False)
         reference = dict.fromkeys(("train", "eval"), ModelReference(frozen, autocast=autocast))
     print(f"reference: {mode}")
 
     algo.reference = reference
     trained, history = train(algo, policy, t, accelerator, run_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_final(trained.model, tokenizer, cfg, run_dir / "final")
-        if history:
-            last = history[-1]
-            shown = {k: round(v, 4) for k, v in last.items() if k in ("loss", "rewards/accuracies", "rewards/margins")
-                     or k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
-            print(f"done: {last['step']} steps; {shown}; model in {run_dir / 'final'}")
-    accelerator.end_training()
+    finish(trained.model, history, tokenizer, cfg, run_dir, accelerator,
+           ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
+            "eval_rewards/margins"))
     return run_dir
-
-
-def save_final(model, tokenizer, cfg: DPOConfig, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
-    if cfg.model.lora is not None and cfg.model.lora.merge:
-        model = model.merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if dest.exists():
-        import shutil
-
-        shutil.rmtree(dest)
-    os.rename(tmp, dest)

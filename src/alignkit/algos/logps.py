@@ -49,6 +49,26 @@ def compute_logps(seq_logps, pairs: list[TokenizedPair], pad_id: int, batch_size
     return results
 
 
+@torch.no_grad()
+def compute_response_logps(seq_logps, rows: list[tuple[tuple[int, ...], tuple[int, ...]]], pad_id: int,
+                           batch_size: int, bf16: bool = False, device="cpu",
+                           context=contextlib.nullcontext) -> list[float]:
+    """Summed response log-prob of each (prompt_ids, response_ids) row."""
+    from alignkit.data.collate import pad_rows
+
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]) - len(rows[i][1]))
+    out = [0.0] * len(rows)
+    for s in range(0, len(order), 2 * batch_size):  # single rows: twice as many per batch as pairs
+        idx = order[s : s + 2 * batch_size]
+        ids, mask = pad_rows([rows[i] for i in idx], pad_id)
+        with autocast, context():
+            logps = seq_logps(ids.to(device), mask.to(device)).float().cpu()
+        for j, i in enumerate(idx):
+            out[i] = logps[j].item()
+    return out
+
+
 def write_logps(path: Path, results: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")

@@ -27,6 +27,10 @@ class TokenizedPair:
     prompt_ids: tuple[int, ...]
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
+    # The rejected response's log-prob as its sampler recorded it: (model fingerprint, dtype, token ids, logp),
+    # from a pairs file's `metadata.student_logps`. Used as a reference log-prob only when model, dtype and
+    # token ids all match (see algos/dpo.py).
+    rejected_hint: tuple[str, str, tuple[int, ...], float] | None = None
 
 
 def end_of_turn_ids(tokenizer) -> set[int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,6 +23,9 @@ def load_pairs(
     pairs, dropped = [], 0
     for number, record in read_rows(path, split):
         pair = tokenize(parse_row(record, path, number), path)
+        hint = _sampler_hint(record)
+        if hint is not None:
+            pair = replace(pair, rejected_hint=hint)
         longest = len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
         if len(pair.prompt_ids) > max_prompt_length or longest > max_length:
             if strict:
@@ -39,6 +42,16 @@ def load_pairs(
     if not pairs:
         raise AlignkitError(f"{path}: no usable rows")
     return pairs
+
+
+def _sampler_hint(record) -> tuple | None:
+    """metadata.student_logps of a pairs file, if well formed (otherwise ignored: it is only a shortcut)."""
+    meta = record.get("metadata") if isinstance(record, dict) else None
+    hint = meta.get("student_logps") if isinstance(meta, dict) else None
+    try:
+        return (str(hint["model"]), str(hint["dtype"]), tuple(int(t) for t in hint["token_ids"]), float(hint["logp"]))
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 @dataclass
@@ -76,3 +89,14 @@ def collate(pairs: list[TokenizedPair], pad_id: int) -> PairBatch:
         rejected_tokens=torch.tensor([float(len(p.rejected_ids)) for p in pairs]),
         tokens=sum(len(a) + len(b) for a, b in seqs),
     )
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt, response) token lists -> right-padded input_ids (N, T) and response mask (N, T)."""
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        ids[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r))
+        mask[i, len(p) : len(p) + len(r)] = True
+    return ids, mask

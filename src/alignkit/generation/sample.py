@@ -50,33 +50,56 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, generators: li
     return (probs / noise.to(probs.device)).argmax(-1)  # exponential race: P(i) = p_i / sum(p)
 
 
+def _common_prefix(prompts: list[tuple[int, ...]], min_len: int = 4) -> int:
+    """Leading tokens all prompts share, leaving each at least one token of its own; 0 if fewer than min_len."""
+    if len(prompts) < 2:
+        return 0
+    limit, n = min(len(p) for p in prompts) - 1, 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n if n >= min_len else 0
+
+
 @torch.no_grad()
 def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int, stop_ids: set[int],
                     temperature: float, top_p: float, max_new_tokens: int) -> list[tuple[list[int], list[float], bool]]:
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):  # left padding: every row's last prompt token sits in the last column
-        input_ids[i, width - len(r):] = torch.tensor(r)
-        attention[i, width - len(r):] = 1
+    cache = DynamicCache()
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # Prefill once per distinct prompt (n samples of a prompt share it), and the prefix every prompt starts
+    # with (a system prompt, say) once for all of them.
+    keys: dict[tuple[int, ...], int] = {}
+    owner = torch.tensor([keys.setdefault(tuple(r), len(keys)) for r in rows], device=device)
+    distinct = list(keys)
+    common = _common_prefix(distinct)
+    if common:
+        model(input_ids=torch.tensor([distinct[0][:common]], device=device), use_cache=True, logits_to_keep=1,
+              **{cache_arg: cache})
+        cache.batch_repeat_interleave(len(distinct))
+    width = max(len(r) for r in distinct) - common
+    input_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    attention = torch.ones((len(distinct), common + width), dtype=torch.long)
+    for i, r in enumerate(distinct):  # left padding: every row's last prompt token sits in the last column
+        input_ids[i, width - len(r) + common:] = torch.tensor(r[common:])
+        attention[i, common : common + width - len(r) + common] = 0
     input_ids, attention = input_ids.to(device), attention.to(device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, common:]
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                   logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()  # (U, V)
+    if len(distinct) < len(rows):
+        cache.batch_select_indices(owner)
+        logits, attention, positions = logits[owner], attention[owner], positions[owner]
+    step_pos = positions[:, -1:]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     stop = torch.tensor(sorted(stop_ids), device=device)
 
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     out_ids: list[list[int]] = [[] for _ in rows]
     out_logps: list[list[float]] = [[] for _ in rows]
     finished = [False] * len(rows)
     alive = torch.arange(len(rows))  # original row index of each batch row
-    step_ids, step_pos = input_ids, positions
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=attention, position_ids=step_pos, use_cache=True,
-                       logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()  # (B, V)
+    for step in range(max_new_tokens):
         token = _pick(logits, temperature, top_p, [generators[i] for i in alive.tolist()])  # (B,)
         token_logp = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
         done = torch.isin(token, stop)
@@ -85,14 +108,15 @@ def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int,
             out_logps[i].append(float(token_logp[b]))
             finished[i] = bool(done[b])
         keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0:
+        if keep.numel() == 0 or step == max_new_tokens - 1:
             break
         if keep.numel() < done.numel():  # finished rows leave the batch and the cache
             cache.batch_select_indices(keep)
             alive, token, attention, step_pos = alive[keep.cpu()], token[keep], attention[keep], step_pos[keep]
-        step_ids = token[:, None]
-        step_pos = step_pos[:, -1:] + 1
+        step_pos = step_pos + 1
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=step_pos, use_cache=True,
+                       logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()  # (B, V)
     return [(out_ids[i], out_logps[i], finished[i]) for i in range(len(rows))]
 
 

@@ -8,6 +8,8 @@ logits instead of all of them.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -81,27 +83,129 @@ class SequenceLogps(nn.Module):
 
     This module, not the bare LM, is what Accelerate wraps for DDP/FSDP, so gradient sync sees the whole
     forward.
+
+    Rows that share a prompt (chosen and rejected of a pair, the G samples of a GRPO group) run that prompt
+    through the decoder once: a prompt pass over the distinct prompts fills a KV cache, the cache is
+    gathered to one entry per row, and a response pass runs the responses on top of it. Gradients flow
+    through the cache into the prompt pass, so log-probs and gradients equal the plain forward's (up to
+    float rounding); only the duplicated prompt tokens are saved. `share_prompts=False` keeps one plain pass.
     """
 
-    def __init__(self, model: nn.Module, chunk: int = 1024):
+    def __init__(self, model: nn.Module, chunk: int = 1024, share_prompts: bool = True):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.share_prompts = share_prompts
 
-    def forward(self, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        # input_ids, response_mask: (B, T), right-padded. With right padding, causal attention never lets a
-        # real token see padding, so no attention mask is needed and the fast causal kernel applies.
+    def forward(self, input_ids: torch.Tensor, response_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+        """Summed response log-probs (B,); with per_token, each response token's log-prob at its own position
+        (B, T), 0 elsewhere. input_ids, response_mask: (B, T), right-padded; each row's response is one
+        contiguous run. A response token at position 0 has no predictor and counts 0."""
         hf = base_model(self.model)
         cfg = hf.config
+        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+            token_logps, where = self._plain_logits(hf, input_ids, response_mask)  # model-specific head
+        elif self.share_prompts and (plan := _shared_prompts(input_ids, response_mask)) is not None:
+            token_logps, where = self._shared(hf, input_ids, response_mask, *plan), response_mask
+        else:
+            token_logps, where = self._plain(hf, input_ids, response_mask)
+        if per_token:
+            out = torch.zeros(where.shape, dtype=torch.float32, device=where.device)
+            out[where] = token_logps
+            return out
+        return _row_sums(token_logps, where)
+
+    def _plain(self, hf, input_ids, response_mask):
+        # With right padding, causal attention never lets a real token see padding, so no attention mask is
+        # needed and the fast causal kernel applies.
         targets_mask = response_mask[:, 1:]  # token t is predicted at position t − 1; (B, T−1)
         targets = input_ids[:, 1:][targets_mask]  # (N,)
-        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
-            logits = hf(input_ids=input_ids).logits[:, :-1][targets_mask].float()  # model-specific head
-            token_logps = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-        else:
-            hidden = hf.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, H)
-            rows = hidden[:, :-1][targets_mask]  # (N, H): response positions only, before the lm_head
-            token_logps = selected_token_logps(rows, hf.get_output_embeddings(), targets, self.chunk)
-        seq = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(targets_mask)
-        sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-        return sums.index_add(0, seq[targets_mask], token_logps)  # (B,)
+        hidden = hf.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, H)
+        rows = hidden[:, :-1][targets_mask]  # (N, H): response positions only, before the lm_head
+        token_logps = selected_token_logps(rows, hf.get_output_embeddings(), targets, self.chunk)
+        return token_logps, _shift_right(targets_mask)
+
+    def _plain_logits(self, hf, input_ids, response_mask):
+        targets_mask = response_mask[:, 1:]
+        targets = input_ids[:, 1:][targets_mask]
+        logits = hf(input_ids=input_ids).logits[:, :-1][targets_mask].float()
+        return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1), _shift_right(targets_mask)
+
+    def _shared(self, hf, input_ids, response_mask, owner, unique_rows, starts, lengths, common):
+        from transformers import DynamicCache
+
+        decoder = hf.get_decoder()
+        dev = input_ids.device
+        cache = DynamicCache()
+        cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        width = int(starts.max())
+        u_starts = starts[unique_rows]
+        prompt_ids = input_ids[unique_rows, :width]  # (U, P), right-padded
+        prompt_valid = torch.arange(width, device=dev)[None, :] < u_starts[:, None]  # (U, P)
+        if common:  # the prefix every prompt starts with (a system prompt, say) runs once: (1, C)
+            decoder(input_ids=prompt_ids[:1, :common], use_cache=True, **{cache_arg: cache})
+            cache.batch_repeat_interleave(len(unique_rows))
+        # Prompt pass over the distinct prompts (after the common prefix); right padding needs no mask.
+        out = decoder(input_ids=prompt_ids[:, common:], use_cache=True, **{cache_arg: cache})
+        cache.batch_select_indices(owner)  # (U, ...) -> (B, ...): one cache entry per row
+        # Response pass, right-padded: (B, R). Prompt padding inside the cache is masked out; positions go on
+        # from each row's own prompt length.
+        resp_width = int(lengths.max())
+        offs = torch.arange(resp_width, device=dev)[None, :]
+        resp_valid = offs < lengths[:, None]  # (B, R)
+        gather = (starts[:, None] + offs).clamp(max=input_ids.shape[1] - 1)
+        resp_ids = torch.where(resp_valid, input_ids.gather(1, gather), input_ids.new_zeros(()))
+        attention = torch.cat([prompt_valid[owner], torch.ones_like(resp_valid)], dim=1).long()
+        hidden = decoder(input_ids=resp_ids, attention_mask=attention, **{cache_arg: cache},
+                         position_ids=starts[:, None] + offs, use_cache=False).last_hidden_state  # (B, R, H)
+        # Response token j is predicted by the hidden state before it: the prompt's last for j = 0.
+        first = out.last_hidden_state[owner, starts - 1 - common]  # (B, H)
+        predictors = torch.cat([first[:, None], hidden[:, :-1]], dim=1)  # (B, R, H)
+        # Row-major over resp_valid = row-major over response_mask: the same tokens in the same order.
+        return selected_token_logps(predictors[resp_valid], hf.get_output_embeddings(), resp_ids[resp_valid],
+                                    self.chunk)
+
+
+def _shared_prompts(input_ids: torch.Tensor, response_mask: torch.Tensor, min_common: int = 4):
+    """(owner, unique_rows, starts, lengths, common) when rows share prompts or a prompt prefix, else None.
+
+    owner (B,): index of each row's prompt among the distinct ones; unique_rows (U,): a row holding each;
+    common: how many leading tokens all distinct prompts share (at least one token of each prompt is left
+    out of it, so every prompt's last hidden state comes from the prompt pass).
+    """
+    lengths = response_mask.sum(1)
+    starts = response_mask.int().argmax(1)
+    if bool((starts == 0).any()) or bool((lengths == 0).any()):
+        return None  # a row without prompt or response: nothing to share
+    keys: dict[tuple, int] = {}
+    owner, unique_rows = [], []
+    rows = input_ids.tolist()
+    for i, (row, s) in enumerate(zip(rows, starts.tolist())):
+        u = keys.setdefault(tuple(row[:s]), len(keys))
+        if u == len(unique_rows):
+            unique_rows.append(i)
+        owner.append(u)
+    prompts = list(keys)
+    common = 0
+    if len(prompts) > 1:
+        limit = min(len(p) for p in prompts) - 1
+        while common < limit and all(p[common] == prompts[0][common] for p in prompts):
+            common += 1
+        if common < min_common:
+            common = 0
+    if len(unique_rows) == len(owner) and not common:
+        return None
+    dev = input_ids.device
+    return (torch.tensor(owner, device=dev), torch.tensor(unique_rows, device=dev), starts, lengths, common)
+
+
+def _shift_right(targets_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T−1) mask over predicted positions -> (B, T) mask over the tokens themselves."""
+    return torch.cat([torch.zeros_like(targets_mask[:, :1]), targets_mask], dim=1)
+
+
+def _row_sums(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum per row of values laid out at the True positions of mask (B, T), row-major; (B,)."""
+    seq = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    sums = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device)
+    return sums.index_add(0, seq[mask], token_logps)  # (B,)

@@ -107,7 +107,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         todo = [item for item in items if item.id not in outcomes]
         if outcomes:
             log(f"pairs: resuming, {len(outcomes)} of {len(items)} questions already done")
-        teacher = None
+        teacher = sampler = None
         started = time.time()
         if todo:
             from alignkit.generation.sample import chat_prompt_ids, generate
@@ -118,6 +118,12 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                 tokenizer = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
                 student = load_model(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
             teacher = make_teacher(cfg.teacher)
+            if cfg.student.temperature == 1.0 and cfg.student.top_p == 1.0:
+                # Samples from the model's own distribution: their recorded log-probs are the model's
+                # log-probs of the rejected response, which `alignkit dpo` can use as reference.
+                from alignkit.algos.logps import model_fingerprint
+
+                sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
         for start in range(0, len(todo), cfg.chunk):
             chunk = todo[start:start + cfg.chunk]
             s = cfg.student
@@ -154,6 +160,9 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                             "student_answer": extract_answer(choice.text), "student_finished": choice.finished,
                             "student_correct": base["student_correct"], "student_samples": base["student_samples"],
                             "teacher": teacher.name,
+                            **({"student_logps": {"model": sampler[0], "dtype": sampler[1],
+                                                  "token_ids": choice.token_ids, "logp": sum(choice.logps)}}
+                               if sampler else {}),
                             "verification": {"answer": True, "answer_line": True, "reasoning": True,
                                              "no_reveal": True, "attempts": teaching.attempts},
                         },

@@ -119,3 +119,30 @@ def save_checkpoint(ckpt_root, step, model, optimizer, scheduler, cfg, accelerat
     if accelerator.is_main_process:
         checkpoint.save(ckpt_root, step, accelerator.unwrap_model(model), optimizer, scheduler, cfg.keep_last)
     accelerator.wait_for_everyone()
+
+
+def finish(model, history: list[dict], tokenizer, cfg, run_dir: Path, accelerator, shown: tuple[str, ...]) -> None:
+    """Save the final model into run_dir/final and print a one-line summary of the last step."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(model, tokenizer, cfg, run_dir / "final")
+        if history:
+            last = history[-1]
+            values = {k: round(v, 4) for k, v in last.items() if k in shown}
+            print(f"done: {last['step']} steps; {values}; model in {run_dir / 'final'}")
+    accelerator.end_training()
+
+
+def save_final(model, tokenizer, cfg, dest: Path) -> None:
+    """The trained model (LoRA merged when cfg.model.lora.merge) and its tokenizer, written atomically."""
+    import os
+    import shutil
+
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    if cfg.model.lora is not None and cfg.model.lora.merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.rename(tmp, dest)
