@@ -32,6 +32,33 @@ def dpo(
     algo.run(cfg)
 
 
+def _grpo(config: str | None, overrides: list[str], preset: str | None) -> None:
+    from alignkit.algos import grpo as algo
+    from alignkit.config import GRPOConfig, load_config
+
+    if preset:
+        overrides = [f"preset={preset}", *overrides]
+    algo.run(load_config(GRPOConfig, config, overrides))
+
+
+@app.command()
+def grpo(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/grpo)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+):
+    """GRPO: group-relative advantages from verifiable rewards, clipped policy loss, KL to the reference."""
+    _grpo(config, overrides or [], None)
+
+
+@app.command()
+def dapo(
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/grpo)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+):
+    """DAPO: GRPO with clip-higher, dynamic sampling, token-level loss and overlong shaping (preset: dapo)."""
+    _grpo(config, overrides or [], "dapo")
+
+
 @app.command()
 def logps(
     model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),

@@ -214,6 +214,98 @@ class PairsConfig(Strict):
     chunk: int = Field(32, gt=0)  # questions per round of student sampling + teaching; progress is saved per record
 
 
+class RewardConfig(Strict):
+    # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0);
+    # function: `path/to/file.py:name`, called as name(prompts=[...], completions=[...], **fields) -> floats,
+    # where fields are the row's other columns (answer, id, ...), one list entry per completion.
+    kind: Literal["task", "function"] = "task"
+    function: str | None = None
+    weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "function":
+            if not self.function:
+                raise ValueError("reward kind 'function' needs function: path/to/file.py:name")
+            from alignkit.rewards import load_function
+
+            try:
+                load_function(self.function)  # a missing file or name fails now, before any model loads
+            except AlignkitError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+class GRPOLossConfig(Strict):
+    group_size: int = Field(8, ge=2)  # G completions per prompt
+    beta: float = Field(0.04, ge=0)  # k3 KL to the reference; 0 loads no reference
+    eps_low: float = Field(0.2, ge=0, lt=1)
+    eps_high: float | None = Field(None, ge=0)  # default: eps_low; DAPO's clip-higher: 0.28
+    iterations: int = Field(1, ge=1)  # μ: optimizer steps per generation round
+    scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO)
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and sample more prompts
+    max_generation_rounds: int = Field(4, ge=1)  # bound on refills per step under dynamic sampling
+    overlong_buffer: int = Field(0, ge=0)  # DAPO's soft overlong penalty inside this many tokens of the limit
+    overlong_penalty: float = Field(1.0, ge=0)
+
+
+class GenerationConfig(Strict):
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(64, gt=0)  # completions per generation batch
+
+
+class GRPOTrainConfig(TrainConfig):
+    output_dir: str = "runs/grpo"
+    batch_size: int = Field(32, gt=0)  # completions per optimizer step (prompts × group_size), all processes
+    micro_batch_size: int = Field(8, gt=0)  # completions per forward, per process
+    lr: float = Field(1e-6, gt=0)
+
+
+DAPO_PRESET = {"eps_high": 0.28, "dynamic_sampling": True, "aggregation": "token-mean", "beta": 0.0}
+
+
+class GRPOConfig(Strict):
+    preset: Literal["grpo", "dapo"] = "grpo"  # dapo: clip-higher, dynamic sampling, token-level loss, no KL, overlong
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()  # prompts and answers (train split)
+    rewards: list[RewardConfig] = Field(default_factory=lambda: [RewardConfig()])
+    grpo: GRPOLossConfig = GRPOLossConfig()
+    generation: GenerationConfig = GenerationConfig()
+    train: GRPOTrainConfig = GRPOTrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data):
+        """The dapo preset fills DAPO's settings wherever the config does not set them itself."""
+        if isinstance(data, dict) and data.get("preset") == "dapo":
+            grpo = dict(data.get("grpo") or {})
+            for key, value in DAPO_PRESET.items():
+                grpo.setdefault(key, value)
+            if "overlong_buffer" not in grpo:
+                max_new = (data.get("generation") or {}).get("max_new_tokens", GenerationConfig().max_new_tokens)
+                grpo["overlong_buffer"] = max(1, int(max_new) // 4) if isinstance(max_new, int) else 0
+            data = {**data, "grpo": grpo}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self):
+        g, t = self.grpo, self.train
+        if t.batch_size % g.group_size:
+            raise ValueError(f"train.batch_size={t.batch_size} (completions per step) is not divisible by "
+                             f"grpo.group_size={g.group_size}")
+        if g.eps_high is not None and g.eps_high < g.eps_low:
+            raise ValueError(f"grpo.eps_high={g.eps_high} is smaller than grpo.eps_low={g.eps_low}")
+        if not self.rewards:
+            raise ValueError("rewards: no reward given (a task reward, or a function path/to/file.py:name)")
+        if g.overlong_buffer >= self.generation.max_new_tokens:
+            raise ValueError(f"grpo.overlong_buffer={g.overlong_buffer} must be smaller than "
+                             f"generation.max_new_tokens={self.generation.max_new_tokens}")
+        return self
+
+
 def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
     keys = dotted.split(".")
     node = tree

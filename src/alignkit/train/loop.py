@@ -72,6 +72,12 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
             model.train()
             sums: dict[str, torch.Tensor] = {}
             micro = list(algo.batches(step))
+            if not micro:  # nothing to learn from this step (say, dynamic sampling found no usable group)
+                log.info("step %d: no batch to train on; no update", step + 1)
+                metrics_log.write(step + 1, {"skipped": 1.0})
+                history.append({"step": step + 1, "skipped": 1.0})
+                metrics_log.advance(step + 1)
+                continue
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
