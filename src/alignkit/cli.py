@@ -32,6 +32,18 @@ def dpo(
     algo.run(cfg)
 
 
+@app.command()
+def sft(
+    config: str = typer.Option(..., "--config", "-c", help="YAML config (see configs/sft)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+):
+    """Supervised fine-tuning, loss on assistant tokens only."""
+    from alignkit.algos import sft as algo
+    from alignkit.config import SFTConfig, load_config
+
+    algo.run(load_config(SFTConfig, config, overrides or []))
+
+
 def _grpo(config: str | None, overrides: list[str], preset: str | None) -> None:
     from alignkit.algos import grpo as algo
     from alignkit.config import GRPOConfig, load_config

@@ -214,6 +214,26 @@ class PairsConfig(Strict):
     chunk: int = Field(32, gt=0)  # questions per round of student sampling + teaching; progress is saved per record
 
 
+class SFTDataConfig(Strict):
+    train: str  # rows with "messages", or "prompt" + "completion"
+    eval: str | None = None
+    eval_fraction: float = Field(0.0, ge=0, lt=1)
+    split: str = "train"
+    max_length: int = Field(512, gt=0)
+    strict: bool = False  # rows longer than max_length: error (True) or drop and count (False)
+
+
+class SFTTrainConfig(TrainConfig):
+    output_dir: str = "runs/sft"
+    lr: float = Field(2e-5, gt=0)
+
+
+class SFTConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: SFTDataConfig
+    train: SFTTrainConfig = SFTTrainConfig()
+
+
 class RewardConfig(Strict):
     # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0);
     # function: `path/to/file.py:name`, called as name(prompts=[...], completions=[...], **fields) -> floats,

@@ -110,3 +110,20 @@ def test_per_token_logps_sum_to_the_sequence_logps(tiny_model, share):
     assert bool((per_token[batch.response_mask] < 0).all())
     torch.testing.assert_close(per_token.sum(1), summed, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(per_token, plain, rtol=1e-5, atol=1e-5)  # token by token, at the same places
+
+
+def test_masks_in_several_runs_take_the_plain_pass(tiny_model):
+    """Multi-turn rows train on several assistant spans; the shared path assumes one run and must step aside."""
+    model = _model(tiny_model)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, model.config.vocab_size, (3, 20), generator=g)
+    ids[:, :6] = ids[0, :6]  # a common head, as a system prompt gives
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    mask[:, 8:11] = True
+    mask[:, 14:18] = True  # a second assistant turn
+    assert _shared_prompts(ids, mask) is None
+    with torch.no_grad():
+        per_token = SequenceLogps(model, share_prompts=True)(ids, mask, per_token=True)
+        logits = model(input_ids=ids).logits[:, :-1].log_softmax(-1)
+    direct = logits.gather(2, ids[:, 1:, None]).squeeze(2)
+    torch.testing.assert_close(per_token[:, 1:][mask[:, 1:]], direct[mask[:, 1:]], rtol=1e-5, atol=1e-5)

@@ -118,7 +118,8 @@ class GRPO:
             chosen = self._next_prompts(want - len(kept))
             samples = generate(base_model(self.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen],
                                n=G, temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
-                               seed=self.cfg.train.seed, batch_size=gen.batch_size, prompt_keys=chosen)
+                               seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + rounds,  # fresh noise
+                               batch_size=gen.batch_size, prompt_keys=chosen)
             flat_items = [self.items[i] for i in chosen for _ in range(G)]
             flat = [s for group in samples for s in group]
             scores, means = self.rewards(flat_items, [s.text for s in flat])

@@ -90,3 +90,73 @@ class Tokenize:
         if chosen == rejected:
             raise AlignkitError(f"{where}: field 'rejected': tokenizes identically to 'chosen'")
         return TokenizedPair(row.row, tuple(prompt_ids), tuple(chosen), tuple(rejected))
+
+
+class TokenizeSFT:
+    """Callable (record, source, number) -> (input_ids, loss_mask) for supervised fine-tuning.
+
+    Rows: {"messages": [...]} (loss on every assistant turn), or {"prompt": ..., "completion": ...} with both
+    message lists / an assistant string (loss on the completion's assistant turns), or both plain strings;
+    a preference row ({"prompt", "chosen", ...}) trains on its chosen response.
+    Conversations follow the token-boundary contract turn by turn: the text before each trained assistant
+    turn is the rendered conversation so far with the generation prompt; the turn is what the rendered
+    conversation adds after it, up to and including its end-of-turn token. Each segment is tokenized on its
+    own, never across a boundary. Plain strings: prompt and completion tokenized separately, eos appended.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eot_texts = [t for t in EOT_TOKENS if t in tokenizer.get_vocab()]
+        if tokenizer.eos_token and tokenizer.eos_token not in self.eot_texts:
+            self.eot_texts.append(tokenizer.eos_token)
+
+    def __call__(self, record: dict, source: str, number: int) -> tuple[list[int], list[bool]]:
+        from alignkit.data.records import _messages
+
+        where = f"{source}: row {number}"
+        if "messages" in record:
+            messages = _messages(record["messages"], where, "messages")
+            trained = {i for i, m in enumerate(messages) if m["role"] == "assistant"}
+            field = "messages"
+        elif "prompt" in record and ("completion" in record or "chosen" in record):
+            # A preference row trains on its chosen response (SFT on chosen, as before DPO).
+            prompt, completion = record["prompt"], record.get("completion", record.get("chosen"))
+            if isinstance(prompt, str) and isinstance(completion, str):
+                return self._standard(prompt, completion, where)
+            prompt = _messages(prompt, where, "prompt")
+            if isinstance(completion, str):
+                completion = [{"role": "assistant", "content": completion}]
+            completion = _messages(completion, where, "completion")
+            messages = prompt + completion
+            trained = {i for i in range(len(prompt), len(messages)) if messages[i]["role"] == "assistant"}
+            field = "completion"
+        else:
+            raise AlignkitError(f"{where}: field 'messages': missing (or give 'prompt' and 'completion')")
+        if not trained:
+            raise AlignkitError(f"{where}: field '{field}': no assistant message to train on")
+        if self.tokenizer.chat_template is None:
+            raise AlignkitError(f"{where}: field '{field}': conversational row but the tokenizer has no chat template")
+        ids: list[int] = []
+        mask: list[bool] = []
+        consumed = ""
+        for i in sorted(trained):
+            before = _render(self.tokenizer, messages[:i], add_generation_prompt=True)
+            after = _render(self.tokenizer, messages[: i + 1])
+            if not before.startswith(consumed) or not after.startswith(before):
+                raise AlignkitError(f"{where}: field '{field}[{i}]': the rendered conversation before this turn is "
+                                    "not a prefix of the rendered conversation with it")
+            turn = after[len(before):]
+            cut = max((turn.rfind(t) + len(t) for t in self.eot_texts if t in turn), default=len(turn))
+            for text, train in ((before[len(consumed):], False), (turn[:cut], True)):
+                part = _encode(self.tokenizer, text)
+                ids += part
+                mask += [train] * len(part)
+            consumed = before + turn[:cut]
+        return ids, mask
+
+    def _standard(self, prompt: str, completion: str, where: str):
+        if self.tokenizer.eos_token_id is None:
+            raise AlignkitError(f"{where}: tokenizer has no eos token; cannot end the completion")
+        p = _encode(self.tokenizer, prompt)
+        c = _encode(self.tokenizer, completion) + [self.tokenizer.eos_token_id]
+        return p + c, [False] * len(p) + [True] * len(c)

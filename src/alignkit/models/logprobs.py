@@ -177,6 +177,9 @@ def _shared_prompts(input_ids: torch.Tensor, response_mask: torch.Tensor, min_co
     starts = response_mask.int().argmax(1)
     if bool((starts == 0).any()) or bool((lengths == 0).any()):
         return None  # a row without prompt or response: nothing to share
+    pos = torch.arange(response_mask.shape[1], device=response_mask.device)[None, :]
+    if not bool((((pos >= starts[:, None]) & (pos < (starts + lengths)[:, None])) == response_mask).all()):
+        return None  # a response in several runs (multi-turn SFT): the plain pass handles any mask
     keys: dict[tuple, int] = {}
     owner, unique_rows = [], []
     rows = input_ids.tolist()
