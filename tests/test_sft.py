@@ -100,3 +100,36 @@ def test_sft_cli_loss_is_the_token_mean_nll_and_falls(tiny_model, tmp_path):
                 count += 1
     assert metrics[0]["loss"] == pytest.approx(total / count, rel=1e-4)
     assert (tmp_path / "run" / "final" / "config.json").is_file()
+
+
+def test_packing_gives_the_unpacked_losses(tiny_model, tmp_path):
+    """Rows of different lengths packed end to end (positions restarting, attention kept inside each row) give
+    the same loss and gradient norm at every step as right-padded rows."""
+    rows = [{"messages": [{"role": "user", "content": f"What is {a} + {b}?" + " Please." * (a % 3)},
+                          {"role": "assistant", "content": f"{a} + {b} = {a + b}." + " Done." * (b % 4)}]}
+            for a in range(2, 6) for b in range(3, 7)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for packing in (False, True):
+        cfg = tmp_path / f"sft-{packing}.yaml"
+        cfg.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {data}\n  max_length: 96\n"
+                       f"  packing: {str(packing).lower()}\ntrain:\n  output_dir: {tmp_path / str(packing)}\n"
+                       "  batch_size: 8\n  micro_batch_size: 8\n  lr: 1.0e-2\n  max_steps: 3\n  scheduler: constant\n")
+        main(["sft", "--config", str(cfg)])
+        runs[packing] = [json.loads(line) for line in (tmp_path / str(packing) / "metrics.jsonl").read_text().splitlines()]
+    for plain, packed in zip(runs[False], runs[True], strict=True):
+        assert packed["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert packed["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
+
+
+def test_pack_layout():
+    from alignkit.algos.sft import _pack
+
+    rows = [([1, 2, 3], [False, True, True]), ([4, 5], [True, True]), ([6, 7, 8, 9], [False, False, True, True])]
+    input_ids, mask, positions = _pack(rows, pad_id=0, max_length=6)
+    # First-fit decreasing: [6 7 8 9] then [1 2 3] does not fit beside it; [4 5] joins the first bin.
+    assert input_ids.tolist() == [[6, 7, 8, 9, 4, 5], [1, 2, 3, 0, 0, 0]]
+    assert positions.tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5]]
+    # A row's first token is never trained: nothing inside its own row predicts it.
+    assert mask.tolist() == [[False, False, True, True, False, True], [False, True, True, False, False, False]]

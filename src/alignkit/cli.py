@@ -44,6 +44,54 @@ def sft(
     algo.run(load_config(SFTConfig, config, overrides or []))
 
 
+@app.command(context_settings={"allow_interspersed_args": True})
+def rm(
+    args: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides; or 'score' to score a file"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/rm)."),
+    model: Optional[str] = typer.Option(None, help="score: a reward model trained by alignkit rm"),
+    data: Optional[str] = typer.Option(None, help="score: a preference file"),
+    out: str = typer.Option("scores.jsonl", help="score: output JSONL"),
+    batch_size: int = typer.Option(8, min=1),
+    max_length: int = typer.Option(512, min=1),
+    max_prompt_length: int = typer.Option(256, min=1),
+    split: str = typer.Option("train"),
+):
+    """Train a Bradley-Terry reward model (--config), or score a preference file with one (rm score)."""
+    from alignkit.algos import rm as algo
+
+    args = args or []
+    if args[:1] == ["score"]:
+        if not (model and data) or len(args) > 1:
+            raise AlignkitError("usage: alignkit rm score --model MODEL --data FILE [--out scores.jsonl]")
+        algo.score(model, data, out, batch_size, max_length, max_prompt_length, split)
+        return
+    if config is None:
+        raise AlignkitError("alignkit rm: give --config (training) or 'score --model M --data F' (scoring)")
+    from alignkit.config import RMConfig, load_config
+
+    algo.run(load_config(RMConfig, config, args))
+
+
+@app.command()
+def ppo(
+    config: str = typer.Option(..., "--config", "-c", help="YAML config (see configs/ppo)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+):
+    """PPO: a reward model (or task rewards), a value model, GAE, clipped losses, KL penalty to the reference."""
+    from alignkit.algos import ppo as algo
+    from alignkit.config import PPOConfig, load_config
+
+    algo.run(load_config(PPOConfig, config, overrides or []))
+
+
+@app.command()
+def pipeline(recipe: str = typer.Argument(..., help="recipe YAML: output_dir, model, stages")):
+    """Run stages in order (for example sft -> rm -> ppo -> dpo), each starting from the last one's model."""
+    from alignkit import pipeline as p
+
+    p.run(recipe)
+
+
 def _grpo(config: str | None, overrides: list[str], preset: str | None) -> None:
     from alignkit.algos import grpo as algo
     from alignkit.config import GRPOConfig, load_config

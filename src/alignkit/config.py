@@ -221,6 +221,9 @@ class SFTDataConfig(Strict):
     split: str = "train"
     max_length: int = Field(512, gt=0)
     strict: bool = False  # rows longer than max_length: error (True) or drop and count (False)
+    # Pack each micro-batch's rows end to end into rows of at most max_length tokens (no padding between
+    # them); positions restart per row and attention stays inside it, so the loss is the unpacked one.
+    packing: bool = False
 
 
 class SFTTrainConfig(TrainConfig):
@@ -234,16 +237,41 @@ class SFTConfig(Strict):
     train: SFTTrainConfig = SFTTrainConfig()
 
 
+class RMLossConfig(Strict):
+    margin: float = Field(0.0, ge=0)  # chosen must beat rejected by this much (Bradley–Terry with margin)
+
+
+class RMTrainConfig(TrainConfig):
+    output_dir: str = "runs/rm"
+    lr: float = Field(1e-5, gt=0)
+
+
+class RMConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    loss: RMLossConfig = RMLossConfig()
+    train: RMTrainConfig = RMTrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.data.max_prompt_length >= self.data.max_length:
+            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+        return self
+
+
 class RewardConfig(Strict):
     # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0);
     # function: `path/to/file.py:name`, called as name(prompts=[...], completions=[...], **fields) -> floats,
     # where fields are the row's other columns (answer, id, ...), one list entry per completion.
-    kind: Literal["task", "function"] = "task"
+    kind: Literal["task", "function", "model"] = "task"
     function: str | None = None
+    model: str | None = None  # kind model: a reward model trained by `alignkit rm` (same tokenizer as the policy)
     weight: float = 1.0
 
     @model_validator(mode="after")
     def _check(self):
+        if self.kind == "model" and not self.model:
+            raise ValueError("reward kind 'model' needs model: a directory written by alignkit rm")
         if self.kind == "function":
             if not self.function:
                 raise ValueError("reward kind 'function' needs function: path/to/file.py:name")
@@ -323,6 +351,52 @@ class GRPOConfig(Strict):
         if g.overlong_buffer >= self.generation.max_new_tokens:
             raise ValueError(f"grpo.overlong_buffer={g.overlong_buffer} must be smaller than "
                              f"generation.max_new_tokens={self.generation.max_new_tokens}")
+        return self
+
+
+class PPOLossConfig(Strict):
+    rollout_prompts: int = Field(32, gt=0)  # prompts per rollout (one completion each)
+    epochs: int = Field(2, ge=1)  # passes over each rollout, in minibatches of train.batch_size
+    eps: float = Field(0.2, gt=0, lt=1)  # ratio clip
+    value_clip: float | None = Field(0.2, gt=0)  # None: unclipped value loss
+    vf_coef: float = Field(0.1, ge=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0)  # per-token KL penalty folded into the reward
+    adaptive_kl: bool = False
+    kl_target: float = Field(6.0, gt=0)  # adaptive: target KL per sequence (nats)
+    kl_horizon: int = Field(10000, gt=0)
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = -1.0  # added to the score of a response without an end-of-turn token
+
+
+class ValueConfig(Strict):
+    init: Literal["reward-model", "policy"] = "reward-model"  # reward-model: when a reward model is given
+    lora: LoraConfig | None = None  # default: the policy's LoRA settings
+
+
+class PPOTrainConfig(TrainConfig):
+    output_dir: str = "runs/ppo"
+    batch_size: int = Field(8, gt=0)  # sequences per optimizer step (a minibatch of the rollout)
+    lr: float = Field(1e-5, gt=0)
+
+
+class PPOConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    rewards: list[RewardConfig] = Field(default_factory=lambda: [RewardConfig()])
+    ppo: PPOLossConfig = PPOLossConfig()
+    value: ValueConfig = ValueConfig()
+    generation: GenerationConfig = GenerationConfig()
+    train: PPOTrainConfig = PPOTrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.ppo.rollout_prompts % self.train.batch_size:
+            raise ValueError(f"ppo.rollout_prompts={self.ppo.rollout_prompts} is not divisible by "
+                             f"train.batch_size={self.train.batch_size}")
+        if not self.rewards:
+            raise ValueError("rewards: no reward given (a reward model, a task reward, or a function)")
         return self
 
 

@@ -122,7 +122,8 @@ class GRPO:
                                batch_size=gen.batch_size, prompt_keys=chosen)
             flat_items = [self.items[i] for i in chosen for _ in range(G)]
             flat = [s for group in samples for s in group]
-            scores, means = self.rewards(flat_items, [s.text for s in flat])
+            sequences = [(self.prompt_ids[i], s.token_ids) for i, group in zip(chosen, samples) for s in group]
+            scores, means = self.rewards(flat_items, [s.text for s in flat], sequences, self.pad_id)
             for k, v in means.items():
                 reward_parts.setdefault(k, []).append(v)
             if g.overlong_buffer:
@@ -246,8 +247,8 @@ def run(cfg: GRPOConfig) -> Path:
 
     task = make_task(cfg.task)
     items = task_items(task, cfg.task)
-    rewards = Rewards(cfg.rewards, task)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    rewards = Rewards(cfg.rewards, task, tokenizer, accelerator.device)
     prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
     print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
 

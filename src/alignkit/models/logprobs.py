@@ -97,38 +97,45 @@ class SequenceLogps(nn.Module):
         self.chunk = chunk
         self.share_prompts = share_prompts
 
-    def forward(self, input_ids: torch.Tensor, response_mask: torch.Tensor, per_token: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, response_mask: torch.Tensor, per_token: bool = False,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Summed response log-probs (B,); with per_token, each response token's log-prob at its own position
         (B, T), 0 elsewhere. input_ids, response_mask: (B, T), right-padded; each row's response is one
-        contiguous run. A response token at position 0 has no predictor and counts 0."""
+        contiguous run. A response token at position 0 has no predictor and counts 0.
+
+        position_ids (B, T), for packed rows: positions restart at 0 where a new sequence starts, and attention
+        stays inside each sequence (transformers derives the block-diagonal causal mask from them)."""
         hf = base_model(self.model)
         cfg = hf.config
         if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
-            token_logps, where = self._plain_logits(hf, input_ids, response_mask)  # model-specific head
-        elif self.share_prompts and (plan := _shared_prompts(input_ids, response_mask)) is not None:
+            token_logps, where = self._plain_logits(hf, input_ids, response_mask, position_ids)  # model's own head
+        elif (position_ids is None and self.share_prompts
+              and (plan := _shared_prompts(input_ids, response_mask)) is not None):
             token_logps, where = self._shared(hf, input_ids, response_mask, *plan), response_mask
         else:
-            token_logps, where = self._plain(hf, input_ids, response_mask)
+            token_logps, where = self._plain(hf, input_ids, response_mask, position_ids)
         if per_token:
             out = torch.zeros(where.shape, dtype=torch.float32, device=where.device)
             out[where] = token_logps
             return out
         return _row_sums(token_logps, where)
 
-    def _plain(self, hf, input_ids, response_mask):
+    def _plain(self, hf, input_ids, response_mask, position_ids=None):
         # With right padding, causal attention never lets a real token see padding, so no attention mask is
         # needed and the fast causal kernel applies.
         targets_mask = response_mask[:, 1:]  # token t is predicted at position t − 1; (B, T−1)
         targets = input_ids[:, 1:][targets_mask]  # (N,)
-        hidden = hf.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, H)
+        hidden = hf.get_decoder()(input_ids=input_ids, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state  # (B, T, H)
         rows = hidden[:, :-1][targets_mask]  # (N, H): response positions only, before the lm_head
         token_logps = selected_token_logps(rows, hf.get_output_embeddings(), targets, self.chunk)
         return token_logps, _shift_right(targets_mask)
 
-    def _plain_logits(self, hf, input_ids, response_mask):
+    def _plain_logits(self, hf, input_ids, response_mask, position_ids=None):
         targets_mask = response_mask[:, 1:]
         targets = input_ids[:, 1:][targets_mask]
-        logits = hf(input_ids=input_ids).logits[:, :-1][targets_mask].float()
+        logits = hf(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+        logits = logits[:, :-1][targets_mask].float()
         return logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1), _shift_right(targets_mask)
 
     def _shared(self, hf, input_ids, response_mask, owner, unique_rows, starts, lengths, common):
