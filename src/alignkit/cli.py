@@ -212,6 +212,163 @@ def eval_accuracy(
     print(json.dumps(summary, indent=1, ensure_ascii=False))
 
 
+def _write_eval(results: list[dict] | None, summary: dict, out: str) -> None:
+    """results.jsonl (when there are per-item results) and summary.json in `out`; the metrics printed."""
+    import json
+    from pathlib import Path
+
+    from alignkit.eval.accuracy import write
+
+    if results is None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    else:
+        write(results, summary, Path(out))
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def _judge_factory(url, model, key_env, local, concurrency, max_tokens, batch_size):
+    from alignkit.eval.judge import make_judge
+
+    return lambda: make_judge(url, model, key_env, local, concurrency, max_tokens, batch_size)
+
+
+@eval_app.command("judge")
+def eval_judge(
+    mode: str = typer.Argument(..., help="single (1-10 ratings) or pairwise (two models, judged in both orders)"),
+    answers: Optional[list[str]] = typer.Option(None, help="answers JSONL (prompt/question, answer/response); "
+                                                           "twice for pairwise"),
+    model: Optional[list[str]] = typer.Option(None, help="generate answers with this model (twice for pairwise)"),
+    prompts: Optional[str] = typer.Option(None, help="with --model: JSONL with a prompt or question field"),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint of the judge"),
+    judge_model: Optional[str] = typer.Option(None, help="the judge's model name at --judge-url"),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's key"),
+    judge_local: Optional[str] = typer.Option(None, help="a local model as the judge (instead of --judge-url)"),
+    template: Optional[str] = typer.Option(None, help="file with the judge's message: {question} and {answer}, "
+                                                      "or {answer_a} and {answer_b}"),
+    lang: str = typer.Option("en", help="language of the built-in templates: en or zh"),
+    retries: int = typer.Option(2, min=0, help="re-asks for a verdict or rating that cannot be read"),
+    concurrency: int = typer.Option(8, min=1, help="requests in flight to --judge-url"),
+    judge_max_tokens: int = typer.Option(512, min=1),
+    max_new_tokens: int = typer.Option(256, min=1, help="answers generated with --model"),
+    batch_size: int = typer.Option(16, min=1),
+    resamples: int = typer.Option(1000, min=1, help="bootstrap resamples for the 95% interval"),
+    seed: int = typer.Option(0),
+    out: str = typer.Option("runs/eval-judge", help="directory for results.jsonl and summary.json"),
+):
+    """LLM-as-judge: 1-10 ratings of one model's answers, or a pairwise win rate of two models."""
+    from alignkit.eval import judge
+
+    factory = _judge_factory(judge_url, judge_model, judge_key_env, judge_local, concurrency, judge_max_tokens,
+                             batch_size)
+    results, summary = judge.run(mode, answers or [], model or [], prompts, factory, template, lang, retries,
+                                 max_new_tokens, batch_size, resamples, seed)
+    _write_eval(results, summary, out)
+
+
+@eval_app.command("refusal")
+def eval_refusal(
+    model: Optional[str] = typer.Option(None, help="generate the answers with this model (greedy)"),
+    answers: Optional[str] = typer.Option(None, help="or read them: JSONL with prompt and answer fields"),
+    prompts: str = typer.Option("data/refusal/prompts.jsonl", help="prompt set: prompt, should_refuse, lang"),
+    phrases: Optional[str] = typer.Option(None, help="refusal phrases, one a line (default: built-in en + zh)"),
+    judge_url: Optional[str] = typer.Option(None, help="ask this OpenAI-compatible endpoint whether it is a refusal"),
+    judge_model: Optional[str] = typer.Option(None, help="the judge's model name at --judge-url"),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY"),
+    judge_local: Optional[str] = typer.Option(None, help="a local model as the judge"),
+    retries: int = typer.Option(2, min=0),
+    concurrency: int = typer.Option(8, min=1),
+    max_new_tokens: int = typer.Option(128, min=1),
+    batch_size: int = typer.Option(32, min=1),
+    out: str = typer.Option("runs/eval-refusal", help="directory for results.jsonl and summary.json"),
+):
+    """Refusal rate on harmful prompts and over-refusal rate on harmless ones, per language."""
+    from alignkit.eval import refusal
+
+    factory = (_judge_factory(judge_url, judge_model, judge_key_env, judge_local, concurrency, 128, batch_size)
+               if judge_url or judge_local else None)
+    results, summary = refusal.run(model, answers, prompts, phrases, factory, retries, max_new_tokens, batch_size)
+    _write_eval(results, summary, out)
+
+
+@eval_app.command("stability")
+def eval_stability(
+    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    task: str = typer.Option(..., help="built-in task (addition-2d, ...) or a question file"),
+    split: str = typer.Option("heldout"),
+    limit: Optional[int] = typer.Option(50, min=1, help="the first N questions"),
+    languages: str = typer.Option("en", help="built-in tasks: en, zh or en,zh"),
+    question_field: str = typer.Option("question"),
+    answer_field: str = typer.Option("answer"),
+    samples: int = typer.Option(8, min=2, help="times each question is asked"),
+    temperature: float = typer.Option(0.7, min=0.0),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    max_new_tokens: int = typer.Option(128, min=1),
+    batch_size: int = typer.Option(64, min=1),
+    seed: int = typer.Option(0),
+    out: str = typer.Option("runs/eval-stability", help="directory for results.jsonl and summary.json"),
+):
+    """Ask each question n times: agreement with the majority answer, spread of accuracy across passes."""
+    from alignkit.eval import stability
+    from alignkit.models.load import load_model, load_tokenizer
+    from alignkit.tasks import make_task, task_items
+
+    cfg = _task_config(task, split, limit, languages, seed, question_field, answer_field)
+    the_task = make_task(cfg)
+    items = task_items(the_task, cfg)
+    tokenizer = load_tokenizer(model)
+    results, summary = stability.evaluate(load_model(model), tokenizer, the_task, items, samples, temperature, top_p,
+                                          max_new_tokens, batch_size, seed)
+    summary["model"] = model
+    _write_eval(results, summary, out)
+
+
+@eval_app.command("perplexity")
+def eval_perplexity(
+    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    file: str = typer.Option("data/eval/heldout.txt", help="UTF-8 text file"),
+    max_length: int = typer.Option(512, min=2, help="tokens per window"),
+    stride: int = typer.Option(256, min=1, help="tokens between window starts (at most --max-length)"),
+    out: str = typer.Option("runs/eval-perplexity", help="directory for summary.json"),
+):
+    """Token-level perplexity (and bits per byte) over a held-out text file, in sliding windows."""
+    from alignkit.eval import capability
+
+    _write_eval(None, capability.run_perplexity(model, file, max_length, stride), out)
+
+
+@eval_app.command("mc")
+def eval_mc(
+    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    file: str = typer.Option("data/eval/mmlu_sample.jsonl", help="MMLU / C-Eval layout, JSONL or CSV"),
+    limit: Optional[int] = typer.Option(None, min=1, help="the first N questions"),
+    batch_size: int = typer.Option(16, min=1, help="choices scored together"),
+    out: str = typer.Option("runs/eval-mc", help="directory for results.jsonl and summary.json"),
+):
+    """Multiple-choice accuracy by choice log-likelihood (plain and length-normalised)."""
+    from alignkit.eval import capability
+
+    results, summary = capability.run_mc(model, file, batch_size, limit)
+    _write_eval(results, summary, out)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    a: str = typer.Argument(..., help="summary.json of the baseline"),
+    b: str = typer.Argument(..., help="summary.json of the candidate"),
+    threshold: float = typer.Option(0.02, min=0.0, help="worse by more than this is a regression (absolute for "
+                                                        "rates in [0, 1], relative otherwise)"),
+    fail_on_regression: bool = typer.Option(False, help="exit with status 1 when a regression is flagged"),
+):
+    """Two eval summaries side by side with deltas; regressions flagged in each metric's better direction."""
+    from alignkit.eval import compare
+
+    rows = compare.compare(compare.load_metrics(a), compare.load_metrics(b), threshold)
+    print(compare.format_table(rows, a, b))
+    if fail_on_regression and any(r["status"] == "REGRESSION" for r in rows):
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     out: str = typer.Option("runs/demo", help="run directory (an interrupted demo resumes from it)"),
@@ -261,6 +418,55 @@ def _quiet_libraries() -> None:
         transformers.utils.logging.disable_progress_bar()
     except ImportError:
         pass
+
+
+sxs_app = typer.Typer(no_args_is_help=True, help="Blind side-by-side labelling by people (see docs/sxs.md).")
+app.add_typer(sxs_app, name="sxs")
+
+
+@sxs_app.command("serve")
+def sxs_serve(
+    pairs: str = typer.Option(..., help="items: JSONL with prompt, model_a, answer_a, model_b, answer_b (and id)"),
+    db: str = typer.Option("labels.sqlite", help="SQLite file the labels go to"),
+    host: str = typer.Option("127.0.0.1", help="a non-loopback address needs --token"),
+    port: int = typer.Option(8700, min=0, max=65535, help="0: any free port"),
+    token: Optional[str] = typer.Option(None, envvar="ALIGNKIT_SXS_TOKEN",
+                                        help="access token (16+ characters) annotators open the page with"),
+    seed: int = typer.Option(0, help="seeds each annotator's item order and left/right sides"),
+):
+    """Serve the labelling page: two answers, model names hidden, in random order; labels into SQLite."""
+    from alignkit.sxs.server import serve as run_server
+
+    run_server(pairs, db, host, port, token, seed)
+
+
+@sxs_app.command("export")
+def sxs_export(
+    db: str = typer.Option(..., help="the labels database written by sxs serve"),
+    pairs: str = typer.Option(..., help="the items file the labels refer to"),
+    out: str = typer.Option(..., help="directory for sxs_report.json, sxs_report.md and dpo_pairs.jsonl"),
+    bootstrap: int = typer.Option(2000, min=100, help="bootstrap resamples for the 95% interval"),
+    seed: int = typer.Option(0),
+):
+    """Win rates with bootstrap intervals, and a DPO preference file from the A/B-better labels."""
+    from pathlib import Path
+
+    from alignkit.sxs import export
+
+    export.run(db, pairs, out, bootstrap, seed)
+    print((Path(out) / "sxs_report.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote {', '.join(str(Path(out) / n) for n in ('sxs_report.json', 'sxs_report.md', 'dpo_pairs.jsonl'))}")
+
+
+@app.command()
+def report(
+    run_dirs: list[str] = typer.Argument(..., help="run directories (metrics.jsonl, eval */summary.json)"),
+    out: str = typer.Option("report.html", help="the HTML page to write"),
+):
+    """One HTML page: metric plots, evaluation tables and sample answers of one or more runs."""
+    from alignkit.eval import run_report
+
+    print(f"wrote {run_report.write(run_dirs, out)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,337 @@
+"""`alignkit eval judge`: an LLM judge grades answers from 1 to 10, or compares two models side by side.
+
+    alignkit eval judge single --answers answers.jsonl --judge-url http://127.0.0.1:8000/v1 --judge-model NAME
+    alignkit eval judge pairwise --answers new.jsonl --answers old.jsonl --judge-url URL --judge-model NAME
+    alignkit eval judge pairwise --model runs/dpo/final --model smollm2-135m-instruct --prompts prompts.jsonl \
+        --judge-local path/to/judge-model
+
+Answers come from JSONL files (a `prompt` or `question` field and an `answer` or `response` field; pairwise
+files are matched by prompt) or are generated greedily by local models for a prompts file. The judge is an
+OpenAI-compatible endpoint (`--judge-url`, retried on transport failures by ChatClient) or a local model
+(`--judge-local`).
+
+single: MT-Bench-style grading; the rating is read from "Rating: [[7]]", "[[7]]", "7/10", "Score: 7"...
+pairwise: every prompt is judged twice, with model 1's answer shown first and then second, to cancel the
+judge's position bias. Model 1 wins only when both orders say so (first order "A", swapped order "B"); any
+disagreement is a tie. A verdict the judge keeps garbling after `--retries` re-asks (sampled at temperature
+0.7) counts as `unparseable`: a tie in the win rate, reported on its own. The summary gives wins, ties, losses
+and the win rate (wins + ties / 2) / n with a seeded bootstrap 95% interval.
+
+Writes `results.jsonl` (one line per prompt, judge replies included) and `summary.json` to `--out`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from alignkit import AlignkitError
+from alignkit.data.formats import read_rows
+from alignkit.eval.metrics import bootstrap_interval, win_rate
+
+RETRY_TEMPERATURE = 0.7
+
+SYSTEM = {"en": "You are a helpful and impartial assistant.", "zh": "你是一个乐于助人且公正的助手。"}
+SINGLE = {
+    "en": "[Instruction]\nAct as an impartial judge and rate the quality of the response an AI assistant gave to "
+          "the user question below. Weigh helpfulness, relevance, accuracy, depth and level of detail. Explain your "
+          "assessment briefly and objectively, then give a rating from 1 to 10 in exactly this format: "
+          "\"Rating: [[5]]\".\n\n[Question]\n{question}\n\n[The Start of Assistant's Answer]\n{answer}\n"
+          "[The End of Assistant's Answer]",
+    "zh": "[指令]\n请作为公正的评审，评价下面这位 AI 助手对用户问题的回答质量。考虑有用性、相关性、准确性、深度和细节。"
+          "先简要客观地说明理由，然后严格按以下格式给出 1 到 10 的评分：\"评分：[[5]]\"。\n\n[问题]\n{question}\n\n"
+          "[助手回答开始]\n{answer}\n[助手回答结束]",
+}
+PAIRWISE = {
+    "en": "[Instruction]\nAct as an impartial judge and decide which of two AI assistants answered the user question "
+          "below better. Weigh helpfulness, relevance, accuracy, depth and level of detail. Do not let the order "
+          "of the answers, their length or the assistants' names sway you. Explain your comparison briefly, then "
+          "give your verdict in exactly this format: \"[[A]]\" if assistant A is better, \"[[B]]\" if assistant B "
+          "is better, \"[[C]]\" for a tie.\n\n[User Question]\n{question}\n\n[The Start of Assistant A's Answer]\n"
+          "{answer_a}\n[The End of Assistant A's Answer]\n\n[The Start of Assistant B's Answer]\n{answer_b}\n"
+          "[The End of Assistant B's Answer]",
+    "zh": "[指令]\n请作为公正的评审，判断两位 AI 助手中哪一位对下面的用户问题回答得更好。考虑有用性、相关性、准确性、深度和细节。"
+          "不要受回答顺序、长度或助手名称的影响。先简要说明比较理由，然后严格按以下格式给出结论：助手 A 更好输出"
+          "\"[[A]]\"，助手 B 更好输出\"[[B]]\"，平局输出\"[[C]]\"。\n\n[用户问题]\n{question}\n\n"
+          "[助手 A 的回答开始]\n{answer_a}\n[助手 A 的回答结束]\n\n[助手 B 的回答开始]\n{answer_b}\n[助手 B 的回答结束]",
+}
+PLACEHOLDERS = {"single": ("{question}", "{answer}"), "pairwise": ("{question}", "{answer_a}", "{answer_b}")}
+
+# --- parsing the judge's reply -------------------------------------------------------------------------------
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_RATING = [
+    re.compile(r"\[\[\s*" + _NUM + r"\s*\]\]"),  # [[7]]
+    re.compile(r"(?:\b(?:rating|score|grade)|评分|得分|分数)\s*(?:is|of)?\s*[:：]?\s*[*\[]*\s*" + _NUM, re.I),
+    re.compile(_NUM + r"\s*(?:/|out of)\s*10\b", re.I),  # 7/10, 7 out of 10
+    re.compile(r"^\W*" + _NUM + r"\W*$"),  # "7" alone
+]
+_LETTER = r"(?-i:(A|B|C))(?![A-Za-z])"
+_VERDICT = [
+    re.compile(r"\[\[\s*(?:(tie)|" + _LETTER + r")\s*\]\]", re.I),  # [[A]], [[C]], [[tie]]
+    re.compile(r"(?:verdict|winner|decision|judge?ment|choice|结论|裁决|判决)\s*(?:is)?\s*[:：]?\s*[*\"'\[(]*\s*"
+               r"(?:(tie)|(?:assistant\s*|助手\s*)?" + _LETTER + r")", re.I),  # Verdict: A, final verdict is tie
+    re.compile(r"(?:assistant|response|answer|model|助手|回答)\s*" + r"(?-i:(A|B))(?![A-Za-z])"
+               r"(?:'s answer)?\s*(?:is|was)?\s*(?:clearly\s+|slightly\s+|much\s+)?(?:the\s+)?"
+               r"(?:better|superior|preferred|more helpful|stronger|wins|更好|更优|较好|胜出)", re.I),
+    re.compile(r"(?:\b(tie)\b|平局|不相上下|两者相当|equally good)", re.I),
+    re.compile(r"^[\W_]*(?:(tie)|" + _LETTER + r")[\W_]*$", re.I),  # "A" alone
+]
+
+
+def parse_rating(text: str | None) -> float | None:
+    """The 1-10 rating in a judge's reply (the last one a pattern finds), or None."""
+    for pattern in _RATING if text else ():
+        found = pattern.findall(text)
+        if found:
+            value = float(found[-1])
+            return value if 1 <= value <= 10 else None
+    return None
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """'A', 'B' or 'tie' from a pairwise judge's reply ('[[C]]' is a tie), or None when none can be read."""
+    for pattern in _VERDICT if text else ():
+        found = pattern.findall(text)
+        if found:
+            last = found[-1]
+            word = next((g for g in last if g), "tie") if isinstance(last, tuple) else (last or "tie")
+            return "tie" if word.lower() == "tie" or word == "C" else word
+    return None
+
+
+def outcome(verdict_first: str | None, verdict_swapped: str | None) -> str:
+    """Model 1's result from the two orders: 'first' shows model 1 as A, 'swapped' shows it as B.
+
+    win or loss only when both orders agree; any disagreement is a tie; a missing verdict is 'unparseable'."""
+    if verdict_first is None or verdict_swapped is None:
+        return "unparseable"
+    first = {"A": "win", "B": "loss", "tie": "tie"}[verdict_first]
+    swapped = {"B": "win", "A": "loss", "tie": "tie"}[verdict_swapped]
+    return first if first == swapped else "tie"
+
+
+# --- judges --------------------------------------------------------------------------------------------------
+
+class EndpointJudge:
+    """A judge behind an OpenAI-compatible endpoint."""
+
+    def __init__(self, url: str, model: str, key_env: str, concurrency: int, max_tokens: int):
+        from alignkit.generation.openai_client import ChatClient
+
+        self.client, self.concurrency, self.max_tokens = ChatClient(url, model, key_env), concurrency, max_tokens
+        self.name = f"{model} at {url}"
+
+    def replies(self, conversations: list[list[dict]], attempt: int) -> list[str | None]:
+        from alignkit.generation.openai_client import in_parallel
+
+        params = {"temperature": 0.0 if attempt == 0 else RETRY_TEMPERATURE, "max_tokens": self.max_tokens}
+        if attempt:
+            params["seed"] = attempt
+        texts: list[str | None] = [None] * len(conversations)
+        for i, reply in in_parallel(lambda m: self.client.complete(m, **params), conversations, self.concurrency):
+            texts[i] = reply.text
+        return texts
+
+
+class LocalJudge:
+    """A local model as the judge, through alignkit's batched generation."""
+
+    def __init__(self, model_path: str, max_tokens: int, batch_size: int):
+        from alignkit.models.load import load_model, load_tokenizer
+
+        self.tokenizer, self.model = load_tokenizer(model_path), load_model(model_path).eval()
+        self.max_tokens, self.batch_size, self.name = max_tokens, batch_size, model_path
+
+    def replies(self, conversations: list[list[dict]], attempt: int) -> list[str | None]:
+        from alignkit.generation.sample import chat_prompt_ids, generate
+
+        prompts = [chat_prompt_ids(self.tokenizer, m) for m in conversations]
+        samples = generate(self.model, self.tokenizer, prompts, temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                           max_new_tokens=self.max_tokens, batch_size=self.batch_size, seed=attempt)
+        return [row[0].text for row in samples]
+
+
+def make_judge(url: str | None, model: str | None, key_env: str, local: str | None, concurrency: int,
+               max_tokens: int, batch_size: int):
+    if bool(url) == bool(local):
+        raise AlignkitError("give the judge as --judge-url URL --judge-model NAME, or as --judge-local MODEL")
+    if url:
+        if not model:
+            raise AlignkitError("--judge-url needs --judge-model (the model name at that endpoint)")
+        return EndpointJudge(url, model, key_env, concurrency, max_tokens)
+    return LocalJudge(local, max_tokens, batch_size)
+
+
+def ask(judge, conversations: list[list[dict]], parse, retries: int) -> list[tuple[str | None, object, int]]:
+    """(reply, parsed, attempts) per conversation; replies that do not parse are asked again up to `retries` times."""
+    results: list[tuple[str | None, object, int]] = [(None, None, 0)] * len(conversations)
+    todo = list(range(len(conversations)))
+    for attempt in range(retries + 1):
+        if not todo:
+            break
+        texts = judge.replies([conversations[i] for i in todo], attempt)
+        for i, text in zip(todo, texts):
+            results[i] = (text, parse(text), attempt + 1)
+        todo = [i for i in todo if results[i][1] is None]
+    return results
+
+
+# --- answers -------------------------------------------------------------------------------------------------
+
+def text_field(record: dict, names: tuple[str, ...], where: str, allow_empty: bool = False) -> str:
+    """The first of `names` present in a row, as text; an error naming the row and field otherwise."""
+    for name in names:
+        value = record.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise AlignkitError(f"{where}: field '{name}': expected text, got {type(value).__name__}")
+        if not allow_empty and not value.strip():
+            raise AlignkitError(f"{where}: field '{name}': empty")
+        return value
+    raise AlignkitError(f"{where}: field '{names[0]}': missing" + (f" (or '{names[1]}')" if len(names) > 1 else ""))
+
+
+def read_prompts(path: str) -> list[tuple[int, str, dict]]:
+    """(row number, prompt, record) for each row of a prompts or answers file; duplicate prompts are an error."""
+    rows, seen = [], {}
+    for number, record in read_rows(path):
+        prompt = text_field(record, ("prompt", "question"), f"{path}: row {number}")
+        if prompt in seen:
+            raise AlignkitError(f"{path}: row {number}: field 'prompt': duplicate of row {seen[prompt]}")
+        seen[prompt] = number
+        rows.append((number, prompt, record))
+    if not rows:
+        raise AlignkitError(f"{path}: no rows")
+    return rows
+
+
+def read_answers(path: str) -> dict[str, str]:
+    """prompt -> answer from a JSONL answers file (prompt/question and answer/response fields)."""
+    return {prompt: text_field(record, ("answer", "response"), f"{path}: row {number}", allow_empty=True)
+            for number, prompt, record in read_prompts(path)}
+
+
+def generate_answers(model_path: str, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers of a local model, each prompt asked as one user turn."""
+    from alignkit.generation.sample import chat_prompt_ids, generate
+    from alignkit.models.load import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
+    ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    samples = generate(model, tokenizer, ids, n=1, temperature=0, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size)
+    return [row[0].text for row in samples]
+
+
+def collect_answers(answers: list[str], models: list[str], prompts_file: str | None, max_new_tokens: int,
+                    batch_size: int) -> tuple[list[str], list[list[str]], list[str]]:
+    """(prompts, one answer list per side, side names) from answer files or from models run on a prompts file."""
+    if answers and models:
+        raise AlignkitError("give --answers files or --model models, not both")
+    if models:
+        if not prompts_file:
+            raise AlignkitError("--model needs --prompts (a JSONL file with a 'prompt' or 'question' field)")
+        prompts = [prompt for _, prompt, _ in read_prompts(prompts_file)]
+        return prompts, [generate_answers(m, prompts, max_new_tokens, batch_size) for m in models], list(models)
+    tables = [read_answers(path) for path in answers]
+    prompts = list(tables[0])
+    for path, table in zip(answers[1:], tables[1:]):
+        missing = [p for p in prompts if p not in table]
+        if missing:
+            raise AlignkitError(f"{path}: no answer for the prompt '{missing[0][:60]}' of {answers[0]} "
+                                f"({len(missing)} missing)")
+    return prompts, [[table[p] for p in prompts] for table in tables], list(answers)
+
+
+# --- the two modes -------------------------------------------------------------------------------------------
+
+def load_template(mode: str, template_file: str | None, lang: str) -> tuple[str, str]:
+    """(system prompt, user message template) for a mode; a custom template must hold the mode's placeholders."""
+    if lang not in SYSTEM:
+        raise AlignkitError(f"--lang {lang}: no built-in template (use en or zh, or give --template)")
+    if template_file is None:
+        return SYSTEM[lang], (SINGLE if mode == "single" else PAIRWISE)[lang]
+    path = Path(template_file)
+    if not path.is_file():
+        raise AlignkitError(f"{template_file}: template file not found")
+    text = path.read_text(encoding="utf-8")
+    missing = [p for p in PLACEHOLDERS[mode] if p not in text]
+    if missing:
+        raise AlignkitError(f"{template_file}: a {mode} template needs the placeholder {missing[0]}")
+    return SYSTEM[lang], text
+
+
+def _fill(template: str, **values: str) -> str:
+    for key, value in values.items():  # plain replacement: braces elsewhere in the template stay as they are
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def grade(judge, prompts: list[str], answers: list[str], system: str, template: str, retries: int,
+          resamples: int, seed: int) -> tuple[list[dict], dict]:
+    conversations = [[{"role": "system", "content": system},
+                      {"role": "user", "content": _fill(template, question=p, answer=a)}]
+                     for p, a in zip(prompts, answers)]
+    replies = ask(judge, conversations, parse_rating, retries)
+    results = [{"prompt": p, "answer": a, "judgment": text, "rating": rating, "attempts": attempts}
+               for p, a, (text, rating, attempts) in zip(prompts, answers, replies)]
+    ratings = [r["rating"] for r in results if r["rating"] is not None]
+    metrics = {"items": len(results), "rated": len(ratings), "unparseable": len(results) - len(ratings)}
+    if ratings:
+        low, high = bootstrap_interval(ratings, resamples, seed=seed)
+        metrics.update(mean_rating=sum(ratings) / len(ratings), mean_rating_low=low, mean_rating_high=high)
+    return results, metrics
+
+
+def compare(judge, prompts: list[str], answers_1: list[str], answers_2: list[str], system: str, template: str,
+            retries: int, resamples: int, seed: int) -> tuple[list[dict], dict]:
+    def conversation(question, answer_a, answer_b):
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": _fill(template, question=question, answer_a=answer_a, answer_b=answer_b)}]
+
+    n = len(prompts)
+    conversations = [conversation(p, a1, a2) for p, a1, a2 in zip(prompts, answers_1, answers_2)]  # model 1 as A
+    conversations += [conversation(p, a2, a1) for p, a1, a2 in zip(prompts, answers_1, answers_2)]  # model 1 as B
+    replies = ask(judge, conversations, parse_verdict, retries)
+    results = []
+    for i, (p, a1, a2) in enumerate(zip(prompts, answers_1, answers_2)):
+        (text_first, first, tries_first), (text_swapped, swapped, tries_swapped) = replies[i], replies[n + i]
+        results.append({"prompt": p, "answer_1": a1, "answer_2": a2, "judgment_first": text_first,
+                        "verdict_first": first, "judgment_swapped": text_swapped, "verdict_swapped": swapped,
+                        "attempts": tries_first + tries_swapped, "outcome": outcome(first, swapped)})
+    counts = {k: sum(r["outcome"] == k for r in results) for k in ("win", "tie", "loss", "unparseable")}
+    scores = [{"win": 1.0, "loss": 0.0}.get(r["outcome"], 0.5) for r in results]  # unparseable scores as a tie
+    low, high = bootstrap_interval(scores, resamples, seed=seed)
+    # Position bias at work: each order gave a clear but opposite winner (both said A, or both said B).
+    flips = sum(r["verdict_first"] == r["verdict_swapped"] and r["verdict_first"] in ("A", "B") for r in results)
+    metrics = {"items": n, "wins": counts["win"], "ties": counts["tie"], "losses": counts["loss"],
+               "unparseable": counts["unparseable"], "position_flips": flips,
+               "win_rate": win_rate(counts["win"], counts["tie"] + counts["unparseable"], counts["loss"]),
+               "win_rate_low": low, "win_rate_high": high}
+    return results, metrics
+
+
+def run(mode: str, answers: list[str], models: list[str], prompts_file: str | None, judge_factory, template_file,
+        lang: str, retries: int, max_new_tokens: int, batch_size: int, resamples: int, seed: int):
+    """(results, summary) for `alignkit eval judge`; `judge_factory()` builds the judge once the inputs check out."""
+    if mode not in PLACEHOLDERS:
+        raise AlignkitError(f"mode '{mode}': use single or pairwise")
+    sides = 1 if mode == "single" else 2
+    if len(answers) + len(models) != sides or (answers and models):
+        raise AlignkitError(f"{mode} needs {sides} --answers file(s) or {sides} --model(s) with --prompts")
+    system, template = load_template(mode, template_file, lang)
+    started = time.time()
+    prompts, sides_answers, names = collect_answers(answers, models, prompts_file, max_new_tokens, batch_size)
+    judge = judge_factory()
+    if mode == "single":
+        results, metrics = grade(judge, prompts, sides_answers[0], system, template, retries, resamples, seed)
+        summary = {"command": "eval judge single", "answers": names[0]}
+    else:
+        results, metrics = compare(judge, prompts, *sides_answers, system, template, retries, resamples, seed)
+        summary = {"command": "eval judge pairwise", "model_1": names[0], "model_2": names[1]}
+    summary.update(judge=judge.name, template=template_file or f"built-in ({lang})", retries=retries,
+                   bootstrap_resamples=resamples, seed=seed, seconds=round(time.time() - started, 1), metrics=metrics)
+    return results, summary
