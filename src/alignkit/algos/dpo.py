@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import random
 from pathlib import Path
 
 import torch
@@ -37,7 +36,7 @@ from alignkit import AlignkitError
 from alignkit.algos.logps import compute_logps, compute_response_logps, model_fingerprint, read_logps
 from alignkit.config import DPOConfig, save_resolved
 from alignkit.data.chat import TokenizedPair
-from alignkit.data.collate import PairBatch, collate, load_pairs
+from alignkit.data.collate import PairBatch, collate, epoch_order, load_pairs, split_eval
 from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
 from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
 from alignkit.models.logprobs import SequenceLogps
@@ -65,9 +64,7 @@ class DPO:
     def _step_indices(self, step: int) -> list[int]:
         t = self.cfg.train
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = list(range(len(self.train_pairs)))
-        random.Random(t.seed * 100_003 + epoch).shuffle(order)  # same order on every process
-        return order[k * t.batch_size : (k + 1) * t.batch_size]
+        return epoch_order(len(self.train_pairs), t.seed, epoch)[k * t.batch_size : (k + 1) * t.batch_size]
 
     def visited(self) -> list[int]:
         """Indices of the training pairs this run will see (all processes), in first-visit order."""
@@ -160,16 +157,6 @@ class ModelReference:
 def no_reference(batch: PairBatch):
     zeros = torch.zeros(batch.size, device=batch.input_ids.device)
     return zeros, zeros
-
-
-def _split_eval(pairs: list[TokenizedPair], fraction: float, seed: int):
-    if not fraction:
-        return pairs, []
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, int(round(len(pairs) * fraction)))
-    held = set(order[:n_eval])
-    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
 
 
 def _reference_mode(cfg: DPOConfig) -> str:
@@ -273,7 +260,7 @@ def run(cfg: DPOConfig) -> Path:
         train_pairs = pairs
         eval_pairs = load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     else:
-        train_pairs, eval_pairs = _split_eval(pairs, d.eval_fraction, t.seed)
+        train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
     eval_source = d.eval or d.train
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
 

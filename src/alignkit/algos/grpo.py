@@ -39,14 +39,13 @@ import contextlib
 import copy
 import logging
 import math
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from alignkit.config import GRPOConfig, save_resolved
-from alignkit.data.collate import pad_rows
+from alignkit.data.collate import epoch_order, pad_rows
 from alignkit.losses.advantages import group_advantages
 from alignkit.losses.kl import k3
 from alignkit.losses.policy import clipped_policy_loss
@@ -91,12 +90,13 @@ class GRPO:
 
     # -- prompts --------------------------------------------------------------------------------------
     def _next_prompts(self, n: int) -> list[int]:
+        orders: dict[int, list[int]] = {}
         out = []
         for _ in range(n):
             epoch, k = divmod(self.cursor, len(self.items))
-            order = list(range(len(self.items)))
-            random.Random(self.cfg.train.seed * 100_003 + epoch).shuffle(order)
-            out.append(order[k])
+            if epoch not in orders:
+                orders[epoch] = epoch_order(len(self.items), self.cfg.train.seed, epoch)
+            out.append(orders[epoch][k])
             self.cursor += 1
         return out
 

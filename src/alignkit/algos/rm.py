@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import torch
 
 from alignkit import AlignkitError
 from alignkit.config import RMConfig, save_resolved
-from alignkit.data.collate import PairBatch, collate, load_pairs
+from alignkit.data.collate import PairBatch, collate, epoch_order, load_pairs, split_eval
 from alignkit.losses.reward import bradley_terry
 from alignkit.models.heads import last_positions
 
@@ -45,9 +44,7 @@ class RewardModelling:
     def batches(self, step: int):
         t = self.cfg.train
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = list(range(len(self.train_pairs)))
-        random.Random(t.seed * 100_003 + epoch).shuffle(order)
-        idx = order[k * t.batch_size : (k + 1) * t.batch_size]
+        idx = epoch_order(len(self.train_pairs), t.seed, epoch)[k * t.batch_size : (k + 1) * t.batch_size]
         per_rank = t.batch_size // self.world
         mine = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
         for s in range(0, len(mine), t.micro_batch_size):
@@ -84,7 +81,6 @@ def run(cfg: RMConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from alignkit.algos.dpo import _split_eval
     from alignkit.models.heads import ScalarHead, save_scalar_model
     from alignkit.models.load import add_lora, disable_dropout, load_model, load_tokenizer
     from alignkit.train.loop import train
@@ -105,7 +101,7 @@ def run(cfg: RMConfig) -> Path:
         train_pairs, eval_pairs = pairs, load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict,
                                                     d.split)
     else:
-        train_pairs, eval_pairs = _split_eval(pairs, d.eval_fraction, t.seed)
+        train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
     disable_dropout(model)

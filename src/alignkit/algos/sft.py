@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from pathlib import Path
 
 import torch
 
 from alignkit import AlignkitError
 from alignkit.config import SFTConfig, save_resolved
+from alignkit.data.collate import epoch_order, split_eval
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class SFT:
     def batches(self, step: int):
         t = self.cfg.train
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = list(range(len(self.train_rows)))
-        random.Random(t.seed * 100_003 + epoch).shuffle(order)
+        order = epoch_order(len(self.train_rows), t.seed, epoch)
         chosen = [self.train_rows[i] for i in order[k * t.batch_size : (k + 1) * t.batch_size]]
         # Every trained token of the step counts once, whichever process and micro-batch holds it.
         self.step_tokens = sum(sum(m[1:]) for _, m in chosen)
@@ -174,14 +173,8 @@ def run(cfg: SFTConfig) -> Path:
     rows = load_rows(d.train, tokenizer, d.max_length, d.strict, d.split)
     if d.eval:
         train_rows, eval_rows = rows, load_rows(d.eval, tokenizer, d.max_length, d.strict, d.split)
-    elif d.eval_fraction:
-        order = list(range(len(rows)))
-        random.Random(t.seed).shuffle(order)
-        held = set(order[: max(1, round(len(rows) * d.eval_fraction))])
-        train_rows = [r for i, r in enumerate(rows) if i not in held]
-        eval_rows = [r for i, r in enumerate(rows) if i in held]
     else:
-        train_rows, eval_rows = rows, []
+        train_rows, eval_rows = split_eval(rows, d.eval_fraction, t.seed)
     print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows")
     model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
     disable_dropout(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, replace
 
 import torch
@@ -100,3 +101,21 @@ def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torc
         ids[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r))
         mask[i, len(p) : len(p) + len(r)] = True
     return ids, mask
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The indices 0..n−1 in the order training visits them in `epoch`: the same on every process and on
+    resume, and reshuffled each epoch."""
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out a seeded `fraction` of rows (at least one when fraction > 0): (train rows, held-out rows)."""
+    if not fraction:
+        return rows, []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[: max(1, int(round(len(rows) * fraction)))])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
