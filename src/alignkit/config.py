@@ -81,7 +81,9 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     bf16: bool = False  # bf16 autocast for compute; weights and optimizer state stay as loaded
     logits_chunk: int = Field(1024, gt=0)  # response rows per lm_head chunk
-    share_prompts: bool = True  # rows with the same prompt run it through the decoder once
+    # Rows with the same prompt run it through the decoder once. null: on for CPUs, off for GPUs, where a small
+    # model is bound by kernel launches and the two passes cost more than the saved prompt tokens (docs/benchmarks.md).
+    share_prompts: bool | None = None
     log_every: int = Field(1, gt=0)
     eval_every: int | None = Field(None, gt=0)
     eval_batch_size: int = Field(8, gt=0)

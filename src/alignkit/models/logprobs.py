@@ -88,10 +88,11 @@ class SequenceLogps(nn.Module):
     through the decoder once: a prompt pass over the distinct prompts fills a KV cache, the cache is
     gathered to one entry per row, and a response pass runs the responses on top of it. Gradients flow
     through the cache into the prompt pass, so log-probs and gradients equal the plain forward's (up to
-    float rounding); only the duplicated prompt tokens are saved. `share_prompts=False` keeps one plain pass.
+    float rounding); only the duplicated prompt tokens are saved. `share_prompts=False` keeps one plain pass;
+    None shares on CPUs only (on a GPU a small model is launch-bound, and two passes cost more than they save).
     """
 
-    def __init__(self, model: nn.Module, chunk: int = 1024, share_prompts: bool = True):
+    def __init__(self, model: nn.Module, chunk: int = 1024, share_prompts: bool | None = True):
         super().__init__()
         self.model = model
         self.chunk = chunk
@@ -109,7 +110,8 @@ class SequenceLogps(nn.Module):
         cfg = hf.config
         if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
             token_logps, where = self._plain_logits(hf, input_ids, response_mask, position_ids)  # model's own head
-        elif (position_ids is None and self.share_prompts
+        elif (position_ids is None
+              and (self.share_prompts if self.share_prompts is not None else input_ids.device.type == "cpu")
               and (plan := _shared_prompts(input_ids, response_mask)) is not None):
             token_logps, where = self._shared(hf, input_ids, response_mask, *plan), response_mask
         else:

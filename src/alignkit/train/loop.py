@@ -41,7 +41,9 @@ def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, floa
     if not sums:
         return {}
     names = sorted(sums)
-    stacked = torch.stack([sums[n].detach().float().reshape(()) for n in names]).to(accelerator.device)
+    # Metric sums may live on different devices (counts are built on the host): one device before stacking.
+    stacked = torch.stack([torch.as_tensor(sums[n]).detach().float().reshape(()).to(accelerator.device)
+                           for n in names])
     total = dict(zip(names, accelerator.reduce(stacked, reduction="sum").tolist()))
     count = max(total.pop("count", 1.0), 1.0)
     tokens = total.pop("tokens", None)

@@ -6,7 +6,10 @@ import torch
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    # On CUDA the fused kernel: one launch per step instead of a dozen per parameter group.
+    fused = True if params and all(p.is_cuda for p in params) else None
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+                             fused=fused)
 
 
 def lr_lambda(total_steps: int, warmup: int, kind: str):
