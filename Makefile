@@ -2,6 +2,9 @@
 PY := .venv/bin/python
 
 .PHONY: setup run test test-slow bench
+DPO_BENCH := --steps 3 --repeats 3 --precisions fp32 --modes full,refcache,lora
+DPO_BENCH_BF16 := --steps 3 --repeats 3 --precisions bf16 --modes full --timeout 150
+GRPO_BENCH := --steps 2 --warmup-steps 1 --repeats 3 --modes lora --prompts-per-step 4 --group-size 4 --max-new-tokens 96
 setup: .venv/.installed
 
 .venv/.installed: pyproject.toml
@@ -21,6 +24,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# Regenerates the CPU tables of docs/benchmarks.md (about an hour on 2 cores); the GPU tables name their own commands.
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) benchmarks/dpo_vs_trl.py --out docs/benchmarks.md
+	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH) --out docs/benchmarks.md
+	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH_BF16) --out docs/benchmarks.md --section bf16
+	$(PY) benchmarks/grpo_vs_trl.py $(GRPO_BENCH) --out docs/benchmarks.md
+	$(PY) benchmarks/profile_dpo.py --out docs/benchmarks.md

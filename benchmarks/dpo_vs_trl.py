@@ -12,6 +12,10 @@ and `lora` (r=16, alpha=32, all-linear, reference = the model with its adapter d
 Run it (writes or updates the section between the dpo_vs_trl markers of --out):
     .venv/bin/python benchmarks/dpo_vs_trl.py --out docs/benchmarks.md
     .venv/bin/python benchmarks/dpo_vs_trl.py --model /tmp/tiny --steps 2 --repeats 1 --precisions fp32 --modes full
+
+On a GPU (`--device cuda`) the section is a separate one (dpo_vs_trl_cuda markers) and the tables add peak GPU memory
+(torch.cuda.max_memory_allocated). `--random-init` needs only the model's config and tokenizer: the weights are drawn
+at random (seed 0) once and both tools load them; step time does not depend on the weight values.
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
 BASE_CONFIG = REPO / "configs" / "dpo" / "smollm2-arith.yaml"
 RESULT_MARK = "DPO_VS_TRL_RESULT "
-START, END = "<!-- dpo_vs_trl:start -->", "<!-- dpo_vs_trl:end -->"
+
+def markers(device: str, section: str = "") -> tuple[str, str]:
+    name = "dpo_vs_trl" + ("" if device == "cpu" else f"_{device}") + (f"_{section}" if section else "")
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 TOOLS = ("trl", "alignkit")
 MODES = ("full", "refcache", "lora")
 PRECISIONS = ("fp32", "bf16")
@@ -68,6 +77,14 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=900, help="seconds per single run before it is killed")
     p.add_argument("--out", help="markdown file to write or update (default: print only)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the per-run directories (logs, metrics)")
+    p.add_argument("--section", default="", help="a name that keeps this run's section apart in --out "
+                   "(say, bf16): [a-z0-9_]")
+    p.add_argument("--tools", default="trl,alignkit", help="comma list: which tools to run (default both)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when available")
+    p.add_argument("--random-init", action="store_true",
+                   help="weights drawn at random from the model's config (seed 0) instead of loaded")
+    p.add_argument("--alignkit-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra alignkit config override (repeatable), after the benchmark's own")
     # Worker-only arguments (set by the parent).
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
@@ -75,8 +92,17 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
     p.add_argument("--rows-file", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.device == "auto":
+        import torch
+
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
     a.precision_list = [x.strip() for x in a.precisions.split(",") if x.strip()]
     a.mode_list = [x.strip() for x in a.modes.split(",") if x.strip()]
+    a.tool_list = [x for x in TOOLS if x in {t.strip() for t in a.tools.split(",")}]
+    if not re.fullmatch(r"[a-z0-9_]*", a.section):
+        p.error("--section: letters a-z, digits and _ only")
+    if not a.tool_list:
+        p.error(f"--tools: choose from {', '.join(TOOLS)}")
     for x in a.precision_list:
         if x not in PRECISIONS:
             p.error(f"--precisions: unknown precision '{x}' (choose from {', '.join(PRECISIONS)})")
@@ -109,11 +135,15 @@ def alignkit_overrides(model_dir, data, a, precision, mode, out_dir, cache_dir) 
     else:
         o += [f"model.lora.r={LORA_R}", f"model.lora.alpha={LORA_ALPHA}", "model.lora.dropout=0",
               "model.lora.target_modules=all-linear", "reference.mode=adapter"]
-    return o
+    return o + list(a.alignkit_set)
 
 
 def _finish(result: dict) -> None:
     result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        result["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
     sys.stdout.flush()
     print(RESULT_MARK + json.dumps(result), flush=True)
 
@@ -166,7 +196,7 @@ def trl_worker(a) -> None:
         beta=BETA,
         loss_type=["sigmoid"],
         bf16=a.precision == "bf16",
-        use_cpu=True,
+        use_cpu=a.device == "cpu",
         report_to=[],
         save_strategy="no",
         eval_strategy="no",
@@ -192,6 +222,10 @@ def trl_worker(a) -> None:
             finally:
                 phases["precompute_s"] = (phases["precompute_s"] or 0.0) + time.perf_counter() - t0
 
+    def sync():  # CUDA runs ahead of the host: a step ends when its kernels have
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.steps, self.t0, self.tokens0, self.last_end = [], None, 0, None
@@ -200,9 +234,11 @@ def trl_worker(a) -> None:
             self.last_end = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kwargs):
+            sync()
             self.t0, self.tokens0 = time.perf_counter(), state.num_input_tokens_seen
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync()
             now = time.perf_counter()
             self.steps.append({"seconds": now - self.t0, "interval_seconds": now - self.last_end,
                                "tokens": int(state.num_input_tokens_seen - self.tokens0)})
@@ -302,30 +338,42 @@ def machine_info() -> dict:
         native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except Exception:  # noqa: BLE001
         native_bf16 = None
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "versions": versions,
-            "native_bf16": native_bf16, "python": platform.python_version(), "load_start": os.getloadavg()}
+            "native_bf16": native_bf16, "python": platform.python_version(), "load_start": os.getloadavg(),
+            "gpu": gpu, "cuda": torch.version.cuda}
 
 
-def matmul_peak(dtype_name: str, budget_s: float = 1.5, max_n: int = 2048) -> dict:
-    """Best-of-k GFLOP/s of n x n matmuls; n grows up to `max_n` while one matmul takes < 0.15 s."""
+def matmul_peak(dtype_name: str, budget_s: float = 1.5, max_n: int = 2048, device: str = "cpu") -> dict:
+    """Best-of-k GFLOP/s of n x n matmuls; n grows up to `max_n` while one matmul takes < 0.15 s.
+
+    On CUDA, fp32 means true fp32 (torch's default: TF32 off for matmuls), and n goes up to 8192."""
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     gen = torch.Generator().manual_seed(0)
-    n = 256
-    while True:
-        x, y = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
+    cuda = device == "cuda"
+    max_n = 8192 if cuda else max_n
+
+    def timed():
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         x @ y
-        one = time.perf_counter() - t0
-        if one >= 0.15 or n >= max_n:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    n = 256
+    while True:
+        x, y = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+        timed()  # first call: kernel selection
+        if timed() >= 0.15 or n >= max_n:
             break
         n *= 2
     times, t_end = [], time.perf_counter() + budget_s
     while len(times) < 3 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        x @ y
-        times.append(time.perf_counter() - t0)
+        times.append(timed())
     return {"n": n, "reps": len(times), "gflops": 2 * n**3 / min(times) / 1e9}
 
 
@@ -345,9 +393,9 @@ def count_params(model_dir) -> dict:
 
 def plan_batches(model_dir, data, a, tmp_root: Path) -> dict:
     """alignkit's batches for the run (same config as the workers); the rows TRL will read, in that order."""
-    from alignkit.algos.dpo import DPO, _split_eval
+    from alignkit.algos.dpo import DPO
     from alignkit.config import DPOConfig, load_config
-    from alignkit.data.collate import load_pairs
+    from alignkit.data.collate import load_pairs, split_eval
     from alignkit.data.formats import read_rows
     from alignkit.models.load import load_tokenizer
 
@@ -356,7 +404,7 @@ def plan_batches(model_dir, data, a, tmp_root: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model.path)
     d = cfg.data
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
-    train_pairs, _ = _split_eval(pairs, d.eval_fraction, cfg.train.seed)
+    train_pairs, _ = split_eval(pairs, d.eval_fraction, cfg.train.seed)
     algo = DPO(cfg, train_pairs, [], tokenizer.pad_token_id, "cpu", 0, 1)
     records = dict(read_rows(d.train, d.split))
     rows, tokens = [], []
@@ -374,6 +422,21 @@ def plan_batches(model_dir, data, a, tmp_root: Path) -> dict:
             "tokens_per_step": tokens}
 
 
+def random_weights(model_dir: Path, dest: Path) -> Path:
+    """A copy of model_dir's config and tokenizer with weights drawn at random (seed 0), saved once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(dest, safe_serialization=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in ("chat_template.jinja", "special_tokens_map.json",
+                                                                           "generation_config.json")):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
 def _vmhwm_kb(pid: int) -> int:
     try:
         m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
@@ -382,16 +445,13 @@ def _vmhwm_kb(pid: int) -> int:
         return 0
 
 
-def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path) -> dict:
-    run_dir.mkdir(parents=True)
-    cmd = [sys.executable, str(SCRIPT), "--worker", tool, "--precision", precision, "--mode", mode,
-           "--model", str(model_dir), "--data", str(data), "--steps", str(a.steps),
-           "--warmup-steps", str(a.warmup_steps), "--batch-size", str(a.batch_size),
-           "--max-length", str(a.max_length), "--lr", repr(a.lr), "--run-dir", str(run_dir),
-           "--rows-file", str(rows_file)]
+def run_worker(cmd: list[str], run_dir: Path, timeout: float, mark: str, env: dict | None = None):
+    """Run one worker process in its own session; (record, result): the result is the JSON after `mark` on its
+    last such stdout line, or None with record["status"] saying why (timed out, failed). The record has the wall
+    time, exit status and the polled peak RSS (VmHWM)."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1",
-               HF_DATASETS_CACHE=str(run_dir / "hf-datasets"))
+               HF_DATASETS_CACHE=str(run_dir / "hf-datasets"), **(env or {}))
     out_path, err_path = run_dir / "stdout.txt", run_dir / "stderr.txt"
     hwm, timed_out = 0, False
     t0 = time.perf_counter()
@@ -404,7 +464,7 @@ def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path)
                     break
                 except subprocess.TimeoutExpired:
                     hwm = max(hwm, _vmhwm_kb(proc.pid))
-                if time.perf_counter() - t0 > a.timeout:
+                if time.perf_counter() - t0 > timeout:
                     timed_out = True
                     os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session: it and anything it started
                     rc = proc.wait()
@@ -414,20 +474,35 @@ def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             raise
-    wall = time.perf_counter() - t0
-    record = {"tool": tool, "precision": precision, "mode": mode, "wall_s": wall, "rc": rc,
-              "polled_hwm_kb": hwm, "run_dir": str(run_dir)}
+    record = {"wall_s": time.perf_counter() - t0, "rc": rc, "polled_hwm_kb": hwm, "run_dir": str(run_dir)}
     if timed_out:
-        record["status"] = f"timed out after {a.timeout:g} s"
-        return record
+        record["status"] = f"timed out after {timeout:g} s"
+        return record, None
     result = None
     for line in reversed(out_path.read_text(encoding="utf-8", errors="replace").splitlines()):
-        if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+        if line.startswith(mark):
+            result = json.loads(line[len(mark):])
             break
     if rc != 0 or result is None:
         tail = [ln for ln in err_path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         record["status"] = f"failed (exit {rc}): {tail[-1][:160] if tail else 'no stderr'}"
+        return record, None
+    return record, result
+
+
+def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path) -> dict:
+    run_dir.mkdir(parents=True)
+    cmd = [sys.executable, str(SCRIPT), "--worker", tool, "--precision", precision, "--mode", mode,
+           "--model", str(model_dir), "--data", str(data), "--steps", str(a.steps),
+           "--warmup-steps", str(a.warmup_steps), "--batch-size", str(a.batch_size),
+           "--max-length", str(a.max_length), "--lr", repr(a.lr), "--run-dir", str(run_dir),
+           "--rows-file", str(rows_file), "--device", a.device]
+    for kv in a.alignkit_set:
+        cmd += ["--alignkit-set", kv]
+    env = {"CUDA_VISIBLE_DEVICES": ""} if a.device == "cpu" else {}  # a CPU run on a GPU machine stays on the CPU
+    record, result = run_worker(cmd, run_dir, a.timeout, RESULT_MARK, env)
+    record.update(tool=tool, precision=precision, mode=mode)
+    if result is None:
         return record
     measured = result["steps"][a.warmup_steps:]
     if len(measured) < 1:
@@ -441,6 +516,7 @@ def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path)
         tokens_per_step=statistics.median([s["tokens"] for s in measured]),
         tokens_per_s=sum(s["tokens"] for s in measured) / sum(seconds),
         rss_gb=result["maxrss_kb"] * 1024 / 1e9,
+        gpu_gb=result["gpu_peak_bytes"] / 1e9 if result.get("gpu_peak_bytes") is not None else None,
         precompute_s=result["precompute_s"],
     )
     return record
@@ -472,7 +548,7 @@ def summarize(records, a, peaks, params) -> dict:
                     flops_per_token = FLOPS_PER_TOKEN[mode][0] * params["total"]
                     for r in ok:
                         r["mfu"] = flops_per_token * r["tokens_per_s"] / peak
-                    s.update(step_s=_median(ok, "step_s"), rss_gb=_median(ok, "rss_gb"),
+                    s.update(step_s=_median(ok, "step_s"), rss_gb=_median(ok, "rss_gb"), gpu_gb=_median(ok, "gpu_gb"),
                              tokens_per_s=_median(ok, "tokens_per_s"), tokens_per_step=_median(ok, "tokens_per_step"),
                              mfu=_median(ok, "mfu"), precompute_s=_median(ok, "precompute_s"),
                              wall_s=_median(ok, "wall_s"), computed_bf16=computed_bf16,
@@ -493,29 +569,40 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
     cmd = shlex.join([os.path.relpath(sys.executable, Path.cwd()) if sys.executable.startswith(str(Path.cwd()))
                       else sys.executable, os.path.relpath(SCRIPT, Path.cwd()), *argv])
     v = info["versions"]
-    L = [START, "## DPO: alignkit vs TRL", "",
+    start, end = markers(a.device, a.section)
+    cuda = a.device == "cuda"
+    if cuda:
+        machine = (f"{info['gpu']} (CUDA {info['cuda']}), host {info['cpu']}, {info['cores']} logical cores; ")
+        title = f"## DPO: alignkit vs TRL on {info['gpu']}"
+    else:
+        machine = (f"{info['cpu']}, {info['cores']} logical cores (torch uses {info['torch_threads']} threads); "
+                   f"native bf16 (AVX512-BF16/AMX, `torch.ops.mkldnn._is_mkldnn_bf16_supported()`): "
+                   f"{'yes' if info['native_bf16'] else 'no' if info['native_bf16'] is not None else 'unknown'}; ")
+        title = "## DPO: alignkit vs TRL"
+    weights = ("weights drawn at random from the model's config (seed 0), float32, the same file for both tools "
+               "(`--random-init`: the step does the same work whatever the values)" if a.random_init
+               else "weights float32")
+    L = [start, title, "",
          "Generated by (from the repository root):", "", "```", cmd, "```", "",
          f"on {started} ({len(records)} runs, {sum(r['wall_s'] for r in records) / 60:.1f} min).", "",
-         "**Machine.** " + f"{info['cpu']}, {info['cores']} logical cores (torch uses {info['torch_threads']} threads); "
-         f"native bf16 (AVX512-BF16/AMX, `torch.ops.mkldnn._is_mkldnn_bf16_supported()`): "
-         f"{'yes' if info['native_bf16'] else 'no' if info['native_bf16'] is not None else 'unknown'}; "
-         f"Python {info['python']}, torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
+         "**Machine.** " + machine + f"Python {info['python']}, torch {v['torch']}, transformers {v['transformers']}, trl {v['trl']}, "
          f"peft {v['peft']}, accelerate {v['accelerate']}, datasets {v['datasets']}. Load average (1/5/15 min) at "
          f"start {'/'.join(f'{x:.2f}' for x in info['load_start'])}, at end "
          f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())}: other work on the machine shows up in every number below.",
          "",
-         "**Measured matmul peak** (best of k n×n matmuls, torch, all threads): "
+         f"**Measured matmul peak** (best of k n×n matmuls, torch, {'on the GPU' if cuda else 'all threads'}): "
          + "; ".join(f"{p}: {peaks[p]['gflops']:.1f} GFLOP/s (n={peaks[p]['n']}, k={peaks[p]['reps']})" for p in peaks)
          + ".", "",
          f"**Setup.** Model `{a.model}` (`{model_dir}`), N = {params['total'] / 1e6:.2f} M parameters "
          f"(all parameters, embedding of {params['embedding'] / 1e6:.2f} M included"
-         f"{', tied with the lm_head and counted once' if params['tied'] else ''}), weights float32. "
+         f"{', tied with the lm_head and counted once' if params['tied'] else ''}), {weights}. "
          f"Data `{a.data}`: {plan['usable_pairs']} of {plan['file_rows']} rows fit max_length={a.max_length} / "
          f"max_prompt_length={a.max_length // 2} in alignkit. {a.batch_size} pairs per optimizer step, no gradient "
          f"accumulation, {a.warmup_steps} warm-up step(s) dropped, {a.steps} measured; sigmoid loss, β={BETA}, "
          f"lr {a.lr:g} (linear, no warm-up), grad-norm clip 1.0, dropout off, seed 0. {a.repeats} repeat(s) per tool, "
          "each run a separate process; runs alternate TRL, alignkit, TRL, alignkit, ...; a tool that times out is "
-         "not rerun for the remaining repeats of that precision/mode.", "",
+         "not rerun for the remaining repeats of that precision/mode."
+         + (f" Extra alignkit settings: `{' '.join(a.alignkit_set)}`." if a.alignkit_set else ""), "",
          "- Same pairs, same order: TRL reads exactly alignkit's batches (alignkit's shuffle of the usable rows, "
          "seed 0), in order, through `train_sampling_strategy=\"sequential\"`. Token counts can still differ by a "
          "token or so per sequence: TRL's completion is whatever the chat template renders after the prompt "
@@ -531,7 +618,7 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
          "warning, where the processor has no native bf16; TRL does not (bf16 is then emulated, ~50x slower than "
          "fp32 matmuls). The *computes in* column says what each run really did.",
          "- TRL settings: activation (gradient) checkpointing off (TRL defaults to on; alignkit has none), its default "
-         f"optimizer (`{_trl_setting(records, 'optim')}`), `use_cpu=True`, `dataloader_num_workers=0`. alignkit: "
+         f"optimizer (`{_trl_setting(records, 'optim')}`), `use_cpu={not cuda}`, `dataloader_num_workers=0`. alignkit: "
          "`torch.optim.AdamW` (foreach).",
          "- s/step: median over the measured steps of a run, then median over runs (range over runs in the raw "
          "table). TRL: `on_step_begin` → `on_step_end` of a TrainerCallback (forward, backward, clip, optimizer; "
@@ -539,7 +626,10 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
          "intervals). alignkit: `step_seconds` of `metrics.jsonl` (batch collation, forward, backward, clip, "
          "optimizer). Peak RSS: the worker's own `ru_maxrss` at exit (the whole process: imports, data, models, "
          "optimizer state). Whole run: the worker process's wall time (imports, loading, tokenisation, reference "
-         "precompute, training, saving the final model).",
+         "precompute, training, saving the final model)."
+         + (" On the GPU both timers synchronise the device first (alignkit's step ends in a device-to-host copy of "
+            "its metrics; TRL's callback calls `torch.cuda.synchronize()`), and peak GPU memory is "
+            "`torch.cuda.max_memory_allocated()` of the worker." if cuda else ""),
          "- tokens/s: real (non-pad) tokens of the chosen and rejected sequences of the measured steps (the prompt "
          "counted in both) over their summed seconds; each tool's own count. "
          "MFU = F·N·(tokens/s) / peak, with the peak of the precision the run actually computed in and F per mode: "
@@ -549,6 +639,9 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
     L += ["| precision / mode | TRL s/step | alignkit s/step | alignkit/TRL time | TRL peak RSS GB | "
           "alignkit peak RSS GB | alignkit/TRL RSS | TRL tokens/s | alignkit tokens/s | TRL MFU | alignkit MFU |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if cuda:
+        L[-2] = L[-2].replace("| TRL tokens/s", "| TRL peak GPU GB | alignkit peak GPU GB | alignkit/TRL GPU | TRL tokens/s")
+        L[-1] += "---|---|---|"
     fallback = False
     for (precision, mode), row in summary.items():
         t, k = row["trl"], row["alignkit"]
@@ -560,7 +653,8 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
         L.append(f"| {precision} / {mode} | {_cell(t, 'step_s', '.3f', True)}{mark['trl']} | "
                  f"{_cell(k, 'step_s', '.3f', True)}{mark['alignkit']} | "
                  f"{ratio('step_s')} | {_cell(t, 'rss_gb', '.2f')} | {_cell(k, 'rss_gb', '.2f')} | {ratio('rss_gb')} | "
-                 f"{_cell(t, 'tokens_per_s', '.0f')} | {_cell(k, 'tokens_per_s', '.0f')} | "
+                 + (f"{_cell(t, 'gpu_gb', '.2f')} | {_cell(k, 'gpu_gb', '.2f')} | {ratio('gpu_gb')} | " if cuda else "")
+                 + f"{_cell(t, 'tokens_per_s', '.0f')} | {_cell(k, 'tokens_per_s', '.0f')} | "
                  f"{_cell(t, 'mfu', '.2%')} | {_cell(k, 'mfu', '.2%')} |")
     if fallback:
         L += ["", "† asked for bf16, computed in fp32 (no native bf16 here); its MFU is against the fp32 peak."]
@@ -590,7 +684,7 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
                      f"{wall} |")
     L += ["", f"alignkit's own tokens per step for these batches (planned): "
           f"{', '.join(str(t) for t in plan['tokens_per_step'])} (the first {a.warmup_steps} are warm-up).", "",
-          "</details>", END]
+          "</details>", end]
     return "\n".join(L) + "\n"
 
 
@@ -601,11 +695,11 @@ def _trl_setting(records, key):
     return "adamw_torch_fused in transformers 5 with torch >= 2.8"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, start: str, end: str) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    i, j = text.find(START), text.find(END)
+    i, j = text.find(start), text.find(end)
     if i != -1 and j > i:
-        text = text[:i] + section.rstrip("\n") + text[j + len(END):]
+        text = text[:i] + section.rstrip("\n") + text[j + len(end):]
     else:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -627,11 +721,13 @@ def parent(a, argv) -> None:
         sys.exit(f"error: {a.data}: data file not found")
     tmp_root = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     try:
+        if a.random_init:
+            model_dir = random_weights(model_dir, tmp_root / "model")
         info = machine_info()
         log(f"machine: {info['cpu']}, {info['cores']} cores, native bf16: {info['native_bf16']}")
         peaks = {}
         for p in PRECISIONS:  # both, so a bf16 MFU always has its own peak and fp32-fallback runs have theirs
-            peaks[p] = matmul_peak(p)
+            peaks[p] = matmul_peak(p, device=a.device)
             log(f"matmul peak {p}: {peaks[p]['gflops']:.1f} GFLOP/s (n={peaks[p]['n']})")
         params = count_params(model_dir)
         plan = plan_batches(model_dir, data, a, tmp_root)
@@ -642,7 +738,7 @@ def parent(a, argv) -> None:
             for mode in a.mode_list:
                 given_up = set()
                 for rep in range(a.repeats):
-                    for tool in TOOLS:  # A B A B ...
+                    for tool in a.tool_list:  # A B A B ...
                         n += 1
                         if tool in given_up:
                             records.append({"tool": tool, "precision": precision, "mode": mode, "wall_s": 0.0,
@@ -664,7 +760,7 @@ def parent(a, argv) -> None:
         section = render(a, argv, info, peaks, params, plan, records, summary, model_dir, started)
         print(section)
         if a.out:
-            write_section(Path(a.out), section)
+            write_section(Path(a.out), section, *markers(a.device, a.section))
             log(f"wrote {a.out}")
     finally:
         if a.keep_tmp:
