@@ -92,6 +92,10 @@ def test_dapo_with_all_rewards_equal_ends_cleanly(tiny_model, tmp_path, capsys):
     assert "kept 0/2 groups, dropped 4 with equal rewards, 2 generation round(s) (1 refill(s))" in out
     rows = _metrics(tmp_path / "run")
     assert [r.get("skipped") for r in rows] == [1.0, 1.0]
+    # A step without an update still reports its generation round and its time.
+    for r in rows:
+        assert "reward" in r and r["reward_std"] == 0.0 and r["groups_dropped"] == 4.0
+        assert r["generation_rounds"] == 2.0 and r["completion_length"] > 0 and r["step_seconds"] > 0
     assert (tmp_path / "run" / "final" / "config.json").is_file()
 
 

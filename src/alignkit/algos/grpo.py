@@ -221,6 +221,10 @@ class GRPO:
     def evaluate(self, model):
         return {}
 
+    def idle_metrics(self) -> dict[str, float]:
+        """A step without an update still reports its generation round (rewards, lengths, dropped groups)."""
+        return dict(self.rollout.stats) if self.rollout is not None else {}
+
 
 def run(cfg: GRPOConfig) -> Path:
     from accelerate import Accelerator

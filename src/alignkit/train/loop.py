@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -34,6 +36,9 @@ class Algorithm(Protocol):
 
     def evaluate(self, model) -> dict[str, torch.Tensor]:
         """Metric sums over this process's share of the held-out split (with 'count'), or {}."""
+
+    # Optional: `idle_metrics() -> dict[str, float]`, what a step without a batch still has to report (say, the
+    # rewards of a generation round whose groups all had equal rewards).
 
 
 def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, float]:
@@ -76,8 +81,14 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
             micro = list(algo.batches(step))
             if not micro:  # nothing to learn from this step (say, dynamic sampling found no usable group)
                 log.info("step %d: no batch to train on; no update", step + 1)
-                metrics_log.write(step + 1, {"skipped": 1.0})
-                history.append({"step": step + 1, "skipped": 1.0})
+                metrics = {"skipped": 1.0, **(algo.idle_metrics() if hasattr(algo, "idle_metrics") else {}),
+                           "learning_rate": scheduler.get_last_lr()[0]}
+                with warnings.catch_warnings():  # the schedule follows step numbers, updates or not
+                    warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()` before"))
+                    scheduler.step()
+                metrics["step_seconds"] = time.perf_counter() - t0
+                metrics_log.write(step + 1, metrics)
+                history.append({"step": step + 1, **metrics})
                 metrics_log.advance(step + 1)
                 continue
             for i, batch in enumerate(micro):
