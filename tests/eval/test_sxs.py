@@ -211,7 +211,7 @@ def test_win_rate_and_bootstrap_by_hand():
     # Grouped: two items, each labelled by 50 people who agree. Resampling items gives rates 0, ½ or 1 only;
     # resampling single labels would pretend to a much tighter interval.
     scores, groups = [1.0] * 50 + [0.0] * 50, ["x"] * 50 + ["y"] * 50
-    assert bootstrap_interval(scores, groups) == (0.0, 1.0)
+    assert bootstrap_interval(scores, groups=groups) == (0.0, 1.0)
     assert bootstrap_interval(scores)[1] - bootstrap_interval(scores)[0] < 0.3
 
 

@@ -32,17 +32,32 @@ def win_rate(wins: int, ties: int, losses: int) -> float:
     return (wins + 0.5 * ties) / n
 
 
-def bootstrap_interval(values: list[float], resamples: int = 1000, confidence: float = 0.95,
-                       seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean: resample `values` with replacement `resamples` times (seeded),
-    sort the resampled means and take the (1 − confidence)/2 and (1 + confidence)/2 quantiles."""
+def bootstrap_interval(values, resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                       groups=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`: `resamples` seeded resamples with replacement,
+    sorted, and their (1 − confidence)/2 and (1 + confidence)/2 quantiles.
+
+    With `groups` (one key per value), whole groups are resampled instead of single values: values of one group
+    (several annotators on one item, say) are not independent. Each resample draws k groups (k = the number of
+    groups) and takes sum(values) / count(values) over them, so larger groups weigh more, as in the plain mean.
+    """
     import numpy as np
 
-    if not values:
+    if not len(values):
         raise ValueError("bootstrap interval of no values")
     data = np.asarray(values, dtype=np.float64)  # (n,)
-    rng = np.random.default_rng(seed)
-    means = np.sort(data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1))  # (resamples,)
+    if groups is None:
+        sums, counts = data, np.ones_like(data)  # every value its own group
+    else:
+        if len(groups) != len(data):
+            raise ValueError(f"{len(data)} values but {len(groups)} groups")
+        index: dict = {}
+        keys = np.array([index.setdefault(g, len(index)) for g in groups])
+        sums = np.bincount(keys, weights=data)  # (k,)
+        counts = np.bincount(keys).astype(np.float64)  # (k,)
+    k = len(sums)
+    draws = np.random.default_rng(seed).integers(0, k, size=(resamples, k))  # (resamples, k)
+    means = np.sort(sums[draws].sum(axis=1) / counts[draws].sum(axis=1))  # (resamples,)
     tail = (1 - confidence) / 2
     low = means[int(np.floor(tail * resamples))]
     high = means[max(int(np.ceil((1 - tail) * resamples)) - 1, 0)]

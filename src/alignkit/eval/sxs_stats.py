@@ -11,9 +11,11 @@ groups (pairs), not single labels, when `groups` is given.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
+from alignkit.eval.metrics import bootstrap_interval  # grouped: resamples whole groups
+
+__all__ = ["SCORES", "bootstrap_interval", "win_rate"]
 
 SCORES = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 
@@ -23,31 +25,3 @@ def win_rate(scores: Sequence[float]) -> float:
     if not scores:
         raise ValueError("win_rate of no labels")
     return float(sum(scores) / len(scores))
-
-
-def bootstrap_interval(scores: Sequence[float], groups: Sequence[Hashable] | None = None, n_boot: int = 2000,
-                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of the win rate; resamples whole groups when `groups` is given.
-
-    Each resample draws k groups with replacement (k = the number of groups) and takes the ratio
-    sum(scores) / count(labels) over them, so groups with more labels weigh more, as they do in `win_rate`.
-    """
-    if not scores:
-        raise ValueError("bootstrap_interval of no labels")
-    if groups is None:
-        groups = range(len(scores))
-    if len(groups) != len(scores):
-        raise ValueError(f"{len(scores)} scores but {len(groups)} groups")
-    index: dict[Hashable, int] = {}
-    for g in groups:
-        index.setdefault(g, len(index))
-    k = len(index)
-    sums, counts = np.zeros(k), np.zeros(k)  # (k,)
-    for g, s in zip(groups, scores):
-        sums[index[g]] += s
-        counts[index[g]] += 1
-    draws = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))  # (n_boot, k)
-    rates = sums[draws].sum(1) / counts[draws].sum(1)  # (n_boot,)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(rates, [tail, 100 - tail])
-    return float(low), float(high)

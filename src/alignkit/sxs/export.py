@@ -41,7 +41,7 @@ def comparisons(labels: list[dict], n_boot: int = 2000, seed: int = 0) -> list[d
         outcomes = [_outcome(label, model) for label in group]
         scores = [SCORES[o] for o in outcomes]
         counts = Counter(outcomes)
-        low, high = bootstrap_interval(scores, [label["pair_id"] for label in group], n_boot=n_boot, seed=seed)
+        low, high = bootstrap_interval(scores, n_boot, seed=seed, groups=[label["pair_id"] for label in group])
         out.append({"model": model, "opponent": opponent, "labels": len(group), "items": len({
             label["pair_id"] for label in group}), "wins": counts["win"], "losses": counts["loss"],
             "ties": counts["tie"], "both_bad": counts["both_bad"], "win_rate": round(win_rate(scores), 4),
