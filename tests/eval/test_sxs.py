@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from alignkit.cli import main
-from alignkit.eval.sxs_stats import bootstrap_interval, win_rate
+from alignkit.eval.metrics import bootstrap_interval
+from alignkit.eval.sxs_stats import win_rate
 from alignkit.sxs.items import a_on_left, load_items
 from alignkit.sxs.server import make_server
 from conftest import ROOT, write_jsonl

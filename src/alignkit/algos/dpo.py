@@ -36,7 +36,7 @@ from alignkit import AlignkitError
 from alignkit.algos.logps import compute_logps, compute_response_logps, model_fingerprint, read_logps
 from alignkit.config import DPOConfig, save_resolved
 from alignkit.data.chat import TokenizedPair
-from alignkit.data.collate import PairBatch, collate, epoch_order, load_pairs, split_eval
+from alignkit.data.collate import PairBatch, collate, load_pairs, split_eval, step_indices
 from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
 from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
 from alignkit.models.logprobs import SequenceLogps
@@ -63,8 +63,7 @@ class DPO:
 
     def _step_indices(self, step: int) -> list[int]:
         t = self.cfg.train
-        epoch, k = divmod(step, self.steps_per_epoch)
-        return epoch_order(len(self.train_pairs), t.seed, epoch)[k * t.batch_size : (k + 1) * t.batch_size]
+        return step_indices(len(self.train_pairs), t.batch_size, t.seed, step)
 
     def visited(self) -> list[int]:
         """Indices of the training pairs this run will see (all processes), in first-visit order."""

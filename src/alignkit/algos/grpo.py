@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from alignkit.config import GRPOConfig, save_resolved
-from alignkit.data.collate import epoch_order, pad_rows
+from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import group_advantages
 from alignkit.losses.kl import k3
 from alignkit.losses.policy import clipped_policy_loss
@@ -90,14 +90,8 @@ class GRPO:
 
     # -- prompts --------------------------------------------------------------------------------------
     def _next_prompts(self, n: int) -> list[int]:
-        orders: dict[int, list[int]] = {}
-        out = []
-        for _ in range(n):
-            epoch, k = divmod(self.cursor, len(self.items))
-            if epoch not in orders:
-                orders[epoch] = epoch_order(len(self.items), self.cfg.train.seed, epoch)
-            out.append(orders[epoch][k])
-            self.cursor += 1
+        out = stream_indices(self.cursor, n, len(self.items), self.cfg.train.seed)
+        self.cursor += n
         return out
 
     # -- one generation round -------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from alignkit.config import PPOConfig, save_resolved
-from alignkit.data.collate import epoch_order, pad_rows
+from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import gae
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, k1, kl_shaped_rewards
 from alignkit.losses.policy import clipped_policy_loss
@@ -84,15 +84,8 @@ class PPO:
         self.rollout_index = -1
 
     def _prompts(self, rollout_index: int) -> list[int]:
-        n, per = len(self.items), self.cfg.ppo.rollout_prompts
-        orders: dict[int, list[int]] = {}
-        out = []
-        for c in range(rollout_index * per, (rollout_index + 1) * per):
-            epoch, k = divmod(c, n)
-            if epoch not in orders:
-                orders[epoch] = epoch_order(n, self.cfg.train.seed, epoch)
-            out.append(orders[epoch][k])
-        return out
+        per = self.cfg.ppo.rollout_prompts
+        return stream_indices(rollout_index * per, per, len(self.items), self.cfg.train.seed)
 
     def _per_rows(self, fn, input_ids, mask=None) -> torch.Tensor:
         mb = self.cfg.train.micro_batch_size

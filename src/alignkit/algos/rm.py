@@ -23,7 +23,7 @@ import torch
 
 from alignkit import AlignkitError
 from alignkit.config import RMConfig, save_resolved
-from alignkit.data.collate import PairBatch, collate, epoch_order, load_pairs, split_eval
+from alignkit.data.collate import PairBatch, collate, load_pairs, split_eval, step_indices
 from alignkit.losses.reward import bradley_terry
 from alignkit.models.heads import last_positions
 
@@ -43,8 +43,7 @@ class RewardModelling:
 
     def batches(self, step: int):
         t = self.cfg.train
-        epoch, k = divmod(step, self.steps_per_epoch)
-        idx = epoch_order(len(self.train_pairs), t.seed, epoch)[k * t.batch_size : (k + 1) * t.batch_size]
+        idx = step_indices(len(self.train_pairs), t.batch_size, t.seed, step)
         per_rank = t.batch_size // self.world
         mine = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
         for s in range(0, len(mine), t.micro_batch_size):

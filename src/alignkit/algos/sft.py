@@ -26,7 +26,7 @@ import torch
 
 from alignkit import AlignkitError
 from alignkit.config import SFTConfig, save_resolved
-from alignkit.data.collate import epoch_order, split_eval
+from alignkit.data.collate import split_eval, step_indices
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,7 @@ class SFT:
 
     def batches(self, step: int):
         t = self.cfg.train
-        epoch, k = divmod(step, self.steps_per_epoch)
-        order = epoch_order(len(self.train_rows), t.seed, epoch)
-        chosen = [self.train_rows[i] for i in order[k * t.batch_size : (k + 1) * t.batch_size]]
+        chosen = [self.train_rows[i] for i in step_indices(len(self.train_rows), t.batch_size, t.seed, step)]
         # Every trained token of the step counts once, whichever process and micro-batch holds it.
         self.step_tokens = sum(sum(m[1:]) for _, m in chosen)
         per_rank = t.batch_size // self.world

@@ -111,6 +111,25 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def step_indices(n: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """The items of optimizer step `step` when every epoch walks `epoch_order` in slices of `batch_size`
+    (the last n % batch_size of an epoch's order are left out)."""
+    epoch, k = divmod(step, n // batch_size)
+    return epoch_order(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]
+
+
+def stream_indices(start: int, count: int, n: int, seed: int) -> list[int]:
+    """Draws start .. start+count−1 of an endless stream that visits 0..n−1 once per epoch, in `epoch_order`."""
+    orders: dict[int, list[int]] = {}
+    out = []
+    for c in range(start, start + count):
+        epoch, k = divmod(c, n)
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch)
+        out.append(orders[epoch][k])
+    return out
+
+
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """Hold out a seeded `fraction` of rows (at least one when fraction > 0): (train rows, held-out rows)."""
     if not fraction:

@@ -1,21 +1,16 @@
-"""Win rates from side-by-side labels, with a seeded bootstrap interval. Pure: no I/O, no model.
+"""Win rates from side-by-side labels. Pure: no I/O, no model.
 
-    from alignkit.eval.sxs_stats import bootstrap_interval, win_rate
+    from alignkit.eval.sxs_stats import win_rate
     scores = [1.0, 0.5, 0.0, 1.0]            # one per label: win 1, tie or both-bad 0.5, loss 0
     win_rate(scores)                          # 0.625
-    bootstrap_interval(scores, groups=["p1", "p1", "p2", "p3"], seed=0)   # (low, high)
 
-Labels of the same prompt (several annotators on one pair) are not independent, so the bootstrap resamples
-groups (pairs), not single labels, when `groups` is given.
+Their interval is `eval.metrics.bootstrap_interval(scores, groups=pair_ids)`: labels of the same prompt
+(several annotators on one pair) are not independent, so it resamples pairs, not single labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from alignkit.eval.metrics import bootstrap_interval  # grouped: resamples whole groups
-
-__all__ = ["SCORES", "bootstrap_interval", "win_rate"]
 
 SCORES = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 

@@ -19,7 +19,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from alignkit import AlignkitError
-from alignkit.eval.sxs_stats import SCORES, bootstrap_interval, win_rate
+from alignkit.eval.metrics import bootstrap_interval
+from alignkit.eval.sxs_stats import SCORES, win_rate
 from alignkit.sxs.items import load_items
 from alignkit.sxs.store import LabelStore
 

@@ -47,7 +47,7 @@ def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, floa
         return {}
     names = sorted(sums)
     # Metric sums may live on different devices (counts are built on the host): one device before stacking.
-    stacked = torch.stack([torch.as_tensor(sums[n]).detach().float().reshape(()).to(accelerator.device)
+    stacked = torch.stack([sums[n].detach().float().reshape(()).to(accelerator.device)
                            for n in names])
     total = dict(zip(names, accelerator.reduce(stacked, reduction="sum").tolist()))
     count = max(total.pop("count", 1.0), 1.0)
