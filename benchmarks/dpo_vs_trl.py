@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve()
@@ -274,13 +275,13 @@ def alignkit_worker(a) -> None:
     import yaml
 
     from alignkit import cli
-    from alignkit.algos import dpo as dpo_module
+    from alignkit.models import reference as reference_module
 
     t_imported = time.perf_counter()
     run_dir = Path(a.run_dir)
     out_dir, cache_dir = run_dir / "alignkit-out", run_dir / "ref-cache"
     phases = {"precompute_s": None}
-    cached_tables = dpo_module._cached_tables
+    cached_tables = reference_module.cached_tables
 
     def timed_cached_tables(*args, **kwargs):  # reference.mode=cached: the reference pass before training
         t0 = time.perf_counter()
@@ -289,7 +290,7 @@ def alignkit_worker(a) -> None:
         finally:
             phases["precompute_s"] = (phases["precompute_s"] or 0.0) + time.perf_counter() - t0
 
-    dpo_module._cached_tables = timed_cached_tables
+    reference_module.cached_tables = timed_cached_tables
     argv = ["dpo", "--config", str(BASE_CONFIG),
             *alignkit_overrides(a.model, a.data, a, a.precision, a.mode, out_dir, cache_dir)]
     t0 = time.perf_counter()
@@ -405,7 +406,8 @@ def plan_batches(model_dir, data, a, tmp_root: Path) -> dict:
     d = cfg.data
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     train_pairs, _ = split_eval(pairs, d.eval_fraction, cfg.train.seed)
-    algo = DPO(cfg, train_pairs, [], tokenizer.pad_token_id, "cpu", 0, 1)
+    one_process = types.SimpleNamespace(device="cpu", rank=0, world=1)
+    algo = DPO(cfg, train_pairs, [], {}, tokenizer.pad_token_id, 0, one_process)  # only its batches are used
     records = dict(read_rows(d.train, d.split))
     rows, tokens = [], []
     for step in range(a.warmup_steps + a.steps):

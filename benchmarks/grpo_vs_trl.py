@@ -332,7 +332,7 @@ def alignkit_worker(a) -> None:
         rec["items"] += list(kwargs.get("prompt_keys") or [])  # GRPO passes the task item indices
         return out
 
-    generate_round = grpo_module.GRPO._generate_round
+    generate_round = grpo_module.GRPO._round
 
     def timed_round(self, round_index):
         rounds.append(_new_step())
@@ -348,14 +348,11 @@ def alignkit_worker(a) -> None:
         t0 = time.perf_counter()
         micro = list(batches(self, step))  # the loop takes list(...) of it too: the same work, in the same place
         rec = rounds[-1]
-        rows = [i for mb in micro for i in mb]
-        if rows:
-            mask = self.rollout.response_mask[torch.tensor(rows)]
-            lengths = mask.long().cumsum(1).argmax(1) + 1  # right-padded rows: last response position + 1
-            rec["trained_tokens"] = int(lengths.sum())
-        else:
-            rec["trained_tokens"] = 0
-        rec.update(step=step + 1, t_begin=t0, batches_s=time.perf_counter() - t0, trained_rows=len(rows))
+        trained = [b for b in micro if b.weight]  # a zero-weight stand-in row trains nothing
+        # right-padded rows: last response position + 1
+        rec["trained_tokens"] = sum(int((b.response_mask.long().cumsum(1).argmax(1) + 1).sum()) for b in trained)
+        rec.update(step=step + 1, t_begin=t0, batches_s=time.perf_counter() - t0,
+                   trained_rows=sum(len(b.input_ids) for b in trained))
         yield from micro
 
     train = loop_module.train
@@ -367,7 +364,7 @@ def alignkit_worker(a) -> None:
             marks["train_end"] = time.perf_counter()
 
     sample_module.generate = timed_generate
-    grpo_module.GRPO._generate_round = timed_round
+    grpo_module.GRPO._round = timed_round
     grpo_module.GRPO.batches = timed_batches
     loop_module.train = timed_train
     argv = ["grpo", "--config", str(BASE_CONFIG), *alignkit_overrides(a.model, a, a.mode, out_dir)]
@@ -384,7 +381,7 @@ def alignkit_worker(a) -> None:
     for i, rec in enumerate(rounds):
         m = metrics.get(rec.get("step"), {})
         nxt = rounds[i + 1]["t_begin"] if i + 1 < len(rounds) else marks["train_end"]
-        rec["no_update"] = "step_seconds" not in m  # every group's rewards equal: alignkit skips the update
+        rec["no_update"] = bool(m.get("skipped"))  # every group's rewards equal: alignkit skips the update
         # step_seconds: the loop's own timer (generation round, forward/backward, clip, optimizer). A step with
         # no update has none; it did only the generation round, timed here around batches().
         rec["seconds"] = m["step_seconds"] if "step_seconds" in m else rec["batches_s"]
@@ -419,12 +416,12 @@ def plan_prompts(model_dir, a, tmp_root: Path) -> dict:
     task = make_task(cfg.task)
     items = task_items(task, cfg.task)
     tokenizer = load_tokenizer(cfg.model.path)
-    algo = GRPO(cfg, items, None, None, None, tokenizer, None, "cpu")
+    algo = GRPO(cfg, items, None, None, None, tokenizer, None, None, None)  # only its prompt stream is used
     want = algo.prompts_per_step
     order = []
-    for step in range(a.warmup_steps + a.steps):  # as GRPO._generate_round draws them (μ = 1: round = step)
+    for step in range(a.warmup_steps + a.steps):  # as GRPO._round draws them (μ = 1: round = step)
         algo.cursor = max(algo.cursor, step * want)
-        order += algo._next_prompts(want)
+        order += algo._draw(want)
     # The prompt tokens each tool feeds the model: alignkit renders the template then tokenizes without special
     # tokens; TRL tokenizes inside apply_chat_template. They should agree; the plan says if they do not.
     trl_tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -567,7 +564,7 @@ def render(a, argv, info, peak, params, plan, records, summary, model_dir, start
          f"{a.steps} measured; {a.repeats} repeat(s) per tool, each run a separate process; runs alternate TRL, "
          "alignkit, TRL, alignkit, ...; a tool that times out is not rerun for the remaining repeats of that mode.", "",
          "- Same prompts, same order: the parent draws the run's prompts with alignkit's own code (its epoch "
-         "shuffle of the task, seed 0, as `GRPO._generate_round` takes them) and gives TRL exactly those, as a "
+         "shuffle of the task, seed 0, as `GRPO._round` takes them) and gives TRL exactly those, as a "
          "conversational `prompt` column read in order (`shuffle_dataset=False`; TRL's RepeatSampler repeats each "
          "prompt G times). Both render the model's chat template with the generation prompt; prompt token ids "
          + ("are identical in the two tools" if plan["same_prompt_ids"] else "**differ** between the tools (see "
@@ -617,7 +614,7 @@ def render(a, argv, info, peak, params, plan, records, summary, model_dir, start
          "interval between consecutive steps' starts (TRL: `on_step_end` to `on_step_end`), logging included.",
          "- Sampling s: the model's sampling call alone (TRL `_generate_single_turn`, alignkit "
          "`generation.sample.generate`); rollout s: sampling plus decoding, rewards and advantages (TRL "
-         "`_generate_and_score_completions`, alignkit `GRPO._generate_round`); update s = s/step − rollout s, "
+         "`_generate_and_score_completions`, alignkit `GRPO._round`); update s = s/step − rollout s, "
          "over the steps with an update. "
          "Peak RSS: the worker's own `ru_maxrss` at exit (the whole process). Whole run: the worker process's wall "
          "time (imports, loading, training, saving the final model).",

@@ -11,10 +11,25 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory):
-    # Keep the real user cache (de-quantised model) but send reference caches to a scratch dir.
+    """Every test (and every process a test starts) writes alignkit's cache into a scratch directory: reference
+    log-probs, converted models. Only the de-quantised built-in model is shared with the user's cache, read-only
+    in effect: it is the same file for everyone, and converting it again would cost every session a minute."""
+    from alignkit.models.load import cache_root
+
+    built_in = cache_root() / "models" / "smollm2-135m-instruct"
+    scratch = tmp_path_factory.mktemp("alignkit-cache")
+    if (built_in / "config.json").is_file():
+        (scratch / "models").mkdir()
+        (scratch / "models" / built_in.name).symlink_to(built_in, target_is_directory=True)
+    saved = os.environ.get("ALIGNKIT_CACHE")
+    os.environ["ALIGNKIT_CACHE"] = str(scratch)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    yield
+    yield scratch
+    if saved is None:
+        os.environ.pop("ALIGNKIT_CACHE", None)
+    else:
+        os.environ["ALIGNKIT_CACHE"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,13 @@ HELD = ROOT / "data" / "arith" / "heldout.jsonl"
 
 
 def _config(tmp_path: Path, model: Path, **train) -> Path:
+    # 20 held-out pairs are enough to compare evaluations; each is scored over the tiny model's 49k-token vocab.
+    held = tmp_path / "heldout.jsonl"
+    held.write_text("".join(HELD.read_text().splitlines(keepends=True)[:20]))
     cfg = tmp_path / "dpo.yaml"
     cfg.write_text(
         f"model:\n  path: {model}\n"
-        f"data:\n  train: {DATA}\n  eval: {HELD}\n  max_length: 160\n  max_prompt_length: 96\n"
+        f"data:\n  train: {DATA}\n  eval: {held}\n  max_length: 160\n  max_prompt_length: 96\n"
         f"reference:\n  cache_dir: {tmp_path / 'ref-cache'}\n"
         "train:\n  batch_size: 4\n  micro_batch_size: 2\n  lr: 1.0e-3\n  max_steps: 4\n  eval_batch_size: 40\n"
         + "".join(f"  {k}: {v}\n" for k, v in train.items())
@@ -69,8 +72,9 @@ def test_reference_modes_agree(tiny_model, tmp_path, capsys):
     cached reference of a LoRA run and its adapter-disabled reference."""
     cfg = _config(tmp_path, tiny_model)
     runs = {}
-    logps = tmp_path / "ref.jsonl"
-    main(["logps", "--model", str(tiny_model), "--data", str(DATA), "--out", str(logps),
+    logps, data = tmp_path / "ref.jsonl", tmp_path / "train.jsonl"
+    data.write_text("".join(DATA.read_text().splitlines(keepends=True)[:40]))  # 4 steps of 4 pairs visit 16
+    main(["logps", "--model", str(tiny_model), "--data", str(data), "--out", str(logps),
           "--max-length", "160", "--max-prompt-length", "96"])
     for name, args in {
         "cached": [], "copy": ["reference.mode=copy"],
@@ -79,7 +83,7 @@ def test_reference_modes_agree(tiny_model, tmp_path, capsys):
         "lora-cached": ["model.lora.r=4"], "lora-adapter": ["model.lora.r=4", "reference.mode=adapter"],
     }.items():
         runs[name] = tmp_path / name
-        main(["dpo", "--config", str(cfg), f"train.output_dir={runs[name]}", *args])
+        main(["dpo", "--config", str(cfg), f"train.output_dir={runs[name]}", f"data.train={data}", *args])
     losses = {k: [r["loss"] for r in _metrics(v)] for k, v in runs.items()}
     assert losses["cached"] == pytest.approx(losses["copy"], abs=1e-5)
     assert losses["precomputed"] == pytest.approx(losses["cached-noeval"], abs=1e-5)
@@ -164,6 +168,7 @@ def test_two_processes_match_one(tiny_model, tmp_path):
                 "-m", "alignkit.cli", "dpo", "--config", str(cfg), f"train.output_dir={two}"]
     proc = subprocess.run(torchrun, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout  # really two: not two single-process runs side by side
     a, b = _metrics(one), _metrics(two)
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for key in ("loss", "rewards/margins", "grad_norm", "eval_loss"):

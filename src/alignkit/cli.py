@@ -1,4 +1,5 @@
-"""`alignkit <command> ...`: one table maps command names to entry points.
+"""`alignkit <command> ...`: the training commands are one table (`TRAINING`: name -> module, config, help);
+the rest (scoring, pairs, evaluation, serving, reports) are typer commands below, each a thin call into its module.
 
     alignkit dpo --config configs/dpo/smollm2-arith.yaml train.max_steps=20
     alignkit logps --model smollm2-135m-instruct --data pairs.jsonl --out logps.jsonl
@@ -19,29 +20,41 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Align language models with preferences.")
 
 
-@app.command(context_settings={"allow_extra_args": False})
-def dpo(
-    config: str = typer.Option(..., "--config", "-c", help="YAML config (overrides only; see configs/dpo)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-):
-    """Train with DPO (or IPO, hinge, robust, SimPO) on a preference file."""
-    from alignkit.algos import dpo as algo
-    from alignkit.config import DPOConfig, load_config
+# The training commands: name -> (module with run(cfg), config schema, preset, config required, help). Each reads a
+# YAML config (overrides only) plus dotted `key.sub=value` overrides; `rm` (which also scores) is defined below.
+TRAINING = {
+    "dpo": ("alignkit.algos.dpo", "DPOConfig", None, True,
+            "Train with DPO (or IPO, hinge, robust, SimPO) on a preference file."),
+    "sft": ("alignkit.algos.sft", "SFTConfig", None, True, "Supervised fine-tuning, loss on assistant tokens only."),
+    "ppo": ("alignkit.algos.ppo", "PPOConfig", None, True,
+            "PPO: a reward model (or task rewards), a value model, GAE, clipped losses, KL penalty to the reference."),
+    "grpo": ("alignkit.algos.grpo", "GRPOConfig", None, False,
+             "GRPO: group-relative advantages from verifiable rewards, clipped policy loss, KL to the reference."),
+    "dapo": ("alignkit.algos.grpo", "GRPOConfig", "dapo", False,
+             "DAPO: GRPO with clip-higher, dynamic sampling, token-level loss and overlong shaping (preset: dapo)."),
+}
 
-    cfg = load_config(DPOConfig, config, overrides or [])
-    algo.run(cfg)
+
+def _training_command(name: str, module: str, schema: str, preset: str | None, required: bool, help: str) -> None:
+    def command(
+        config: Optional[str] = typer.Option(... if required else None, "--config", "-c",
+                                             help=f"YAML config (overrides only; see configs/{module.rsplit('.', 1)[1]})."),
+        overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    ):
+        import importlib
+
+        from alignkit import config as config_module
+
+        extra = [f"preset={preset}"] if preset else []
+        cfg = config_module.load_config(getattr(config_module, schema), config, [*extra, *(overrides or [])])
+        importlib.import_module(module).run(cfg)
+
+    command.__doc__ = help
+    app.command(name)(command)
 
 
-@app.command()
-def sft(
-    config: str = typer.Option(..., "--config", "-c", help="YAML config (see configs/sft)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-):
-    """Supervised fine-tuning, loss on assistant tokens only."""
-    from alignkit.algos import sft as algo
-    from alignkit.config import SFTConfig, load_config
-
-    algo.run(load_config(SFTConfig, config, overrides or []))
+for _name, _entry in TRAINING.items():
+    _training_command(_name, *_entry)
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
@@ -73,50 +86,11 @@ def rm(
 
 
 @app.command()
-def ppo(
-    config: str = typer.Option(..., "--config", "-c", help="YAML config (see configs/ppo)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-):
-    """PPO: a reward model (or task rewards), a value model, GAE, clipped losses, KL penalty to the reference."""
-    from alignkit.algos import ppo as algo
-    from alignkit.config import PPOConfig, load_config
-
-    algo.run(load_config(PPOConfig, config, overrides or []))
-
-
-@app.command()
 def pipeline(recipe: str = typer.Argument(..., help="recipe YAML: output_dir, model, stages")):
     """Run stages in order (for example sft -> rm -> ppo -> dpo), each starting from the last one's model."""
     from alignkit import pipeline as p
 
     p.run(recipe)
-
-
-def _grpo(config: str | None, overrides: list[str], preset: str | None) -> None:
-    from alignkit.algos import grpo as algo
-    from alignkit.config import GRPOConfig, load_config
-
-    if preset:
-        overrides = [f"preset={preset}", *overrides]
-    algo.run(load_config(GRPOConfig, config, overrides))
-
-
-@app.command()
-def grpo(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/grpo)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-):
-    """GRPO: group-relative advantages from verifiable rewards, clipped policy loss, KL to the reference."""
-    _grpo(config, overrides or [], None)
-
-
-@app.command()
-def dapo(
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/grpo)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
-):
-    """DAPO: GRPO with clip-higher, dynamic sampling, token-level loss and overlong shaping (preset: dapo)."""
-    _grpo(config, overrides or [], "dapo")
 
 
 @app.command()
@@ -228,7 +202,7 @@ def _write_eval(results: list[dict] | None, summary: dict, out: str) -> None:
 
 
 def _judge_factory(url, model, key_env, local, concurrency, max_tokens, batch_size):
-    from alignkit.eval.judge import make_judge
+    from alignkit.eval.judges import make_judge
 
     return lambda: make_judge(url, model, key_env, local, concurrency, max_tokens, batch_size)
 

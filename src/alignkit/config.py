@@ -305,6 +305,7 @@ class GenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(64, gt=0)  # completions per generation batch
+    log_rollouts: bool = False  # append every completion, its reward and advantage to <output_dir>/rollouts.jsonl
 
 
 class GRPOTrainConfig(TrainConfig):

@@ -53,6 +53,11 @@ class Rewards:
                 self.parts.append((c.weight, c.function, load_function(c.function)))
         self.task = task
 
+    @property
+    def names(self) -> list[str]:
+        """The metric name of each reward, as `__call__` reports their means."""
+        return [f"rewards/{name}" for _, name, _ in self.parts]
+
     def _load_model(self, path: str, tokenizer):
         from alignkit.models.heads import load_scalar_model
         from alignkit.models.load import load_tokenizer

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from alignkit.cli import main
-from alignkit.eval.metrics import bootstrap_interval
-from alignkit.eval.sxs_stats import win_rate
+from alignkit.eval.metrics import bootstrap_interval, win_rate
 from alignkit.sxs.items import a_on_left, load_items
 from alignkit.sxs.server import make_server
 from conftest import ROOT, write_jsonl
@@ -202,9 +201,9 @@ def test_the_serve_command_answers(tmp_path):
 
 
 def test_win_rate_and_bootstrap_by_hand():
-    """Scores 1, ½, 0, 1 -> 2.5 / 4 = 0.625. With every label a win the interval is [1, 1]. 400 labels, half
+    """2 wins, 1 tie, 1 loss -> 2.5 / 4 = 0.625. With every label a win the interval is [1, 1]. 400 labels, half
     wins: the standard error is √(0.25 / 400) = 0.025, so the 95% interval is about 0.5 ± 1.96·0.025."""
-    assert win_rate([1, 0.5, 0, 1]) == 0.625
+    assert win_rate(2, 1, 1) == 0.625
     assert bootstrap_interval([1.0] * 7) == (1.0, 1.0)
     low, high = bootstrap_interval([1.0, 0.0] * 200, seed=3)
     assert low == pytest.approx(0.451, abs=0.01) and high == pytest.approx(0.549, abs=0.01)

@@ -231,8 +231,7 @@ def test_recorded_rejected_log_probs_serve_as_dpo_reference(tiny_model, tmp_path
     a record only when model, dtype and token ids match, and its reference table equals a forward pass."""
     from transformers import AutoTokenizer
 
-    from alignkit.algos.dpo import pair_key
-    from alignkit.algos.logps import compute_logps, model_fingerprint
+    from alignkit.models.reference import model_fingerprint, pair_key, pair_logps
     from alignkit.data.collate import load_pairs
     from alignkit.models.load import load_model
     from alignkit.models.logprobs import SequenceLogps
@@ -250,7 +249,7 @@ def test_recorded_rejected_log_probs_serve_as_dpo_reference(tiny_model, tmp_path
     # will see, with the forward-pass value; row 0 keeps tokens that do not match and must be recomputed.
     tok = AutoTokenizer.from_pretrained(tiny_model)
     pairs = load_pairs(str(out / "pairs.jsonl"), tok, 512, 256)
-    direct = compute_logps(SequenceLogps(model), pairs, tok.pad_token_id, 4)
+    direct = pair_logps(SequenceLogps(model), pairs, tok.pad_token_id, 4)
     for i, (r, p, d) in enumerate(zip(rows, pairs, direct)):
         ids = list(p.rejected_ids) if i else list(p.rejected_ids[:-1])
         r["metadata"]["student_logps"].update(token_ids=ids, logp=d["rejected_logp"])

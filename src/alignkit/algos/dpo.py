@@ -21,73 +21,37 @@ Run it:
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import hashlib
-import json
-import logging
-import math
-import os
-from pathlib import Path
-
 import torch
 
 from alignkit import AlignkitError
-from alignkit.algos.logps import compute_logps, compute_response_logps, model_fingerprint, read_logps
-from alignkit.config import DPOConfig, save_resolved
-from alignkit.data.chat import TokenizedPair
-from alignkit.data.collate import PairBatch, collate, load_pairs, split_eval, step_indices
+from alignkit.config import DPOConfig
+from alignkit.data.collate import PairBatch, collate, micro_batches
 from alignkit.losses.preference import LOSSES, NEEDS_REFERENCE, nll
-from alignkit.models.load import add_lora, bf16_is_fast, cache_root, disable_dropout, load_model, load_tokenizer
-from alignkit.models.logprobs import SequenceLogps
-from alignkit.train.loop import finish, train
-
-log = logging.getLogger(__name__)
+from alignkit.train.loop import held_out_sums
 
 
 class DPO:
-    """The DPO algorithm for `train.loop.train`: which pairs each step sees, and the loss on them."""
+    """The DPO algorithm for `train.loop.train`: which pairs each step sees, and the loss on them.
 
-    def __init__(self, cfg: DPOConfig, train_pairs, eval_pairs, pad_id: int, device, rank: int, world: int):
-        self.cfg, self.train_pairs, self.eval_pairs = cfg, train_pairs, eval_pairs
-        self.pad_id, self.device, self.rank, self.world = pad_id, device, rank, world
-        self.reference: dict = {}  # split -> callable(batch) -> (rc, rr); set once the visited pairs are known
-        t = cfg.train
-        self.steps_per_epoch = len(train_pairs) // t.batch_size
-        if self.steps_per_epoch == 0:
-            raise AlignkitError(
-                f"{cfg.data.train}: {len(train_pairs)} usable rows, fewer than train.batch_size={t.batch_size}"
-            )
-        self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+    reference: {"train": ..., "eval": ...}, each answering `pairs(batch) -> (chosen, rejected)` (models/reference.py).
+    """
+
+    def __init__(self, cfg: DPOConfig, train_pairs, eval_pairs, reference: dict, pad_id: int, total_steps: int, run):
+        self.cfg, self.train_pairs, self.eval_pairs, self.reference = cfg, train_pairs, eval_pairs, reference
+        self.pad_id, self.total_steps = pad_id, total_steps
+        self.device, self.rank, self.world = run.device, run.rank, run.world
         self.loss_fn = LOSSES[cfg.loss.type]
 
-    def _step_indices(self, step: int) -> list[int]:
-        t = self.cfg.train
-        return step_indices(len(self.train_pairs), t.batch_size, t.seed, step)
-
-    def visited(self) -> list[int]:
-        """Indices of the training pairs this run will see (all processes), in first-visit order."""
-        if self.total_steps > self.steps_per_epoch:  # later epochs reshuffle: any pair may come up
-            return list(range(len(self.train_pairs)))
-        seen = {}
-        for step in range(self.total_steps):
-            seen.update(dict.fromkeys(self._step_indices(step)))
-        return list(seen)
-
     def batches(self, step: int):
-        t = self.cfg.train
-        step_idx = self._step_indices(step)
-        per_rank = t.batch_size // self.world
-        mine = step_idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-        for s in range(0, len(mine), t.micro_batch_size):
-            yield collate([self.train_pairs[i] for i in mine[s : s + t.micro_batch_size]], self.pad_id)
+        for pairs in micro_batches(self.train_pairs, self.cfg.train, step, self.rank, self.world):
+            yield collate(pairs, self.pad_id)
 
     def _terms(self, model, batch: PairBatch, reference):
         batch = batch.to(self.device)
         b = batch.size
         logps = model(batch.input_ids, batch.response_mask)  # (2B,): chosen then rejected
         pc, pr = logps[:b], logps[b:]
-        rc, rr = reference(batch)
+        rc, rr = reference.pairs(batch)
         L = self.cfg.loss
         losses, chosen_rewards, rejected_rewards = self.loss_fn(
             pc, pr, rc, rr, beta=L.beta, label_smoothing=L.label_smoothing, gamma=L.simpo_gamma,
@@ -116,49 +80,13 @@ class DPO:
         return losses.sum() * self.world / self.cfg.train.batch_size, metrics
 
     def evaluate(self, model):
-        if not self.eval_pairs:
-            return {}
-        mine = self.eval_pairs[self.rank :: self.world]
-        sums: dict[str, torch.Tensor] = {}
-        for s in range(0, len(mine), self.cfg.train.eval_batch_size):
-            batch = collate(mine[s : s + self.cfg.train.eval_batch_size], self.pad_id)
-            _, m = self._terms(model, batch, self.reference["eval"])
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0) + v
-        sums.pop("tokens")
+        sums = held_out_sums(self.eval_pairs, self.cfg.train.eval_batch_size, self.rank, self.world,
+                             lambda chunk: self._terms(model, collate(chunk, self.pad_id), self.reference["eval"])[1])
+        sums.pop("tokens", None)
         return sums
 
 
-class TableReference:
-    """Reference log-probs looked up by row: (rc, rr) each (B,)."""
-
-    def __init__(self, table: dict[int, tuple[float, float]]):
-        self.table = table
-
-    def __call__(self, batch: PairBatch):
-        values = torch.tensor([self.table[r] for r in batch.rows], dtype=torch.float32, device=batch.input_ids.device)
-        return values[:, 0], values[:, 1]
-
-
-class ModelReference:
-    """Reference log-probs from a forward pass each step (a frozen copy, or the policy with its adapter off)."""
-
-    def __init__(self, seq_logps, context=contextlib.nullcontext, autocast=contextlib.nullcontext):
-        self.seq_logps, self.context, self.autocast = seq_logps, context, autocast
-
-    @torch.no_grad()
-    def __call__(self, batch: PairBatch):
-        with self.context(), self.autocast():
-            logps = self.seq_logps(batch.input_ids, batch.response_mask).float()
-        return logps[: batch.size], logps[batch.size :]
-
-
-def no_reference(batch: PairBatch):
-    zeros = torch.zeros(batch.size, device=batch.input_ids.device)
-    return zeros, zeros
-
-
-def _reference_mode(cfg: DPOConfig) -> str:
+def reference_mode(cfg: DPOConfig) -> str:
     if not NEEDS_REFERENCE[cfg.loss.type]:
         return "none"
     mode = cfg.reference.mode
@@ -171,134 +99,49 @@ def _reference_mode(cfg: DPOConfig) -> str:
     return "adapter" if cfg.model.lora is not None else "copy"
 
 
-def pair_key(pair: TokenizedPair) -> str:
-    return hashlib.sha256(repr((pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)).encode()).hexdigest()[:24]
+def run(cfg: DPOConfig):
+    from alignkit.data.collate import load_pairs, split_eval, total_steps, visited
+    from alignkit.models import reference as ref
+    from alignkit.models.load import load_tokenizer
+    from alignkit.train.loop import finish, train
+    from alignkit.train.setup import load_policy, start_run
 
-
-def _cached_tables(cfg, weights: str, seq_logps, needed: dict, pad_id, accelerator, adapter_off) -> dict:
-    """Reference log-probs of the initial policy for the pairs a run visits, from the on-disk cache.
-
-    One append-only JSONL file per (initial weights, precision); each line is keyed by a hash of the pair's
-    exact token ids, so the data, the chat template and the tokenisation settings are all part of the key.
-    Missing pairs are computed once and appended.
-    """
-    cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else cache_root() / "ref-logps"
-    path = cache_dir / f"{hashlib.sha256(f'{weights}|bf16={cfg.train.bf16}|v1'.encode()).hexdigest()[:32]}.jsonl"
-    known = _read_cache(path)
-    wanted = {pair_key(p): p for pairs in needed.values() for p in pairs}
-    missing = [p for k, p in wanted.items() if k not in known]
-    if missing and accelerator.is_main_process:
-        # A rejected response sampled from this very model at temperature 1 (a pairs file's student answer)
-        # comes with its log-prob: only its chosen half needs a forward pass.
-        dtype = "torch.bfloat16" if cfg.train.bf16 else "torch.float32"
-        usable = [p.rejected_hint is not None and p.rejected_hint[:3] == (weights, dtype, p.rejected_ids)
-                  for p in missing]
-        hinted = [p for p, ok in zip(missing, usable) if ok]
-        full = [p for p, ok in zip(missing, usable) if not ok]
-        print(f"reference log-probs: computing {len(missing)} of {len(wanted)} pairs"
-              + (f" ({len(hinted)} rejected from the sampler's record)" if hinted else "") + f" (cache {path})")
-        results = compute_logps(seq_logps, full, pad_id, cfg.train.eval_batch_size, cfg.train.bf16,
-                                accelerator.device, adapter_off)
-        chosen = compute_response_logps(seq_logps, [(p.prompt_ids, p.chosen_ids) for p in hinted], pad_id,
-                                        cfg.train.eval_batch_size, cfg.train.bf16, accelerator.device, adapter_off)
-        results += [{"chosen_logp": c, "rejected_logp": p.rejected_hint[3]} for p, c in zip(hinted, chosen)]
-        missing = full + hinted
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for pair, r in zip(missing, results):
-                f.write(json.dumps({"key": pair_key(pair), **{k: v for k, v in r.items() if k != "row"}}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    elif not missing:
-        print(f"reference log-probs: reused cache {path} for all {len(wanted)} pairs")
-    accelerator.wait_for_everyone()
-    if missing:  # the main process appended them
-        known = _read_cache(path)
-    return {split: {p.row: known[pair_key(p)] for p in pairs} for split, pairs in needed.items()}
-
-
-def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
-    known = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                known[r["key"]] = (float(r["chosen_logp"]), float(r["rejected_logp"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a line torn by a killed run
-    return known
-
-
-def run(cfg: DPOConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.bf16 and not bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"):
-        log.warning("train.bf16: this processor has no native bf16 (AVX512-BF16/AMX); computing in float32")
-        cfg = cfg.model_copy(update={"train": t.model_copy(update={"bf16": False})})
-        t = cfg.train
-    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no")
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if t.batch_size % (t.micro_batch_size * world):
-        raise AlignkitError(
-            f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size} "
-            f"x {world} processes"
-        )
-    set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        save_resolved(cfg, run_dir)
-
+    run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
+    cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    d = cfg.data
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     if d.eval:
         train_pairs = pairs
         eval_pairs = load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     else:
         train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
-    eval_source = d.eval or d.train
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
+    steps = total_steps(len(train_pairs), t, d.train)
 
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    disable_dropout(model)
-    mode = _reference_mode(cfg)
-    weights = model_fingerprint(model) if mode == "cached" else ""  # the initial policy, before any adapter
-    if cfg.model.lora is not None:
-        model = add_lora(model, cfg.model.lora)
-    policy = SequenceLogps(model, t.logits_chunk, t.share_prompts).to(accelerator.device)
-    adapter_off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
-    autocast = accelerator.autocast if t.bf16 else contextlib.nullcontext
-
-    algo = DPO(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, accelerator.device, rank, world)
+    mode = reference_mode(cfg)
+    snapshot = ref.Snapshot(mode)
+    policy = load_policy(cfg, run, before_adapter=snapshot)
+    pad_id = tokenizer.pad_token_id
     if mode == "none":
-        reference = {"train": no_reference, "eval": no_reference}
+        reference = dict.fromkeys(("train", "eval"), ref.NoReference())
     elif mode == "precomputed":
         if d.eval and not cfg.reference.eval_logps:
             raise AlignkitError("reference.eval_logps: needed with reference.logps when data.eval is a separate file")
-        eval_table = read_logps(cfg.reference.eval_logps or cfg.reference.logps, eval_pairs, eval_source)
-        reference = {"train": TableReference(read_logps(cfg.reference.logps, train_pairs, d.train)),
-                     "eval": TableReference(eval_table)}
+        reference = {"train": ref.read_logps(cfg.reference.logps, train_pairs, d.train),
+                     "eval": ref.read_logps(cfg.reference.eval_logps or cfg.reference.logps, eval_pairs,
+                                            d.eval or d.train)}
     elif mode == "cached":
-        policy.eval()
-        visited = [train_pairs[i] for i in algo.visited()]
-        tables = _cached_tables(cfg, weights, policy, {"train": visited, "eval": eval_pairs},
-                                tokenizer.pad_token_id, accelerator, adapter_off)
-        reference = {k: TableReference(v) for k, v in tables.items()}
-    elif mode == "adapter":
-        raw = policy  # the unwrapped module; no gradients flow through the reference pass
-        reference = dict.fromkeys(("train", "eval"), ModelReference(raw, adapter_off, autocast))
-    else:  # copy
-        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk, t.share_prompts).eval().requires_grad_(False)
-        reference = dict.fromkeys(("train", "eval"), ModelReference(frozen, autocast=autocast))
+        seen = [train_pairs[i] for i in visited(len(train_pairs), t.batch_size, t.seed, steps)]
+        reference = ref.cached_tables(cfg, snapshot.fingerprint, policy, {"train": seen, "eval": eval_pairs},
+                                      pad_id, run)
+    else:  # copy or adapter: a forward pass each step
+        reference = dict.fromkeys(("train", "eval"), ref.model_reference(mode, snapshot, policy, run,
+                                                                         t.eval_batch_size))
     print(f"reference: {mode}")
 
-    algo.reference = reference
-    trained, history = train(algo, policy, t, accelerator, run_dir)
-    finish(trained.model, history, tokenizer, cfg, run_dir, accelerator,
+    algo = DPO(cfg, train_pairs, eval_pairs, reference, pad_id, steps, run)
+    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
            ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
             "eval_rewards/margins"))
-    return run_dir
+    return run.run_dir

@@ -28,6 +28,12 @@ Departures from the papers and from TRL:
   loads none.
 - On resume, the generation round of the resumed step is sampled again by the restored policy.
 
+Several processes: each samples, scores and filters its own share of the round's prompts (groups stay whole
+inside one process, so advantages need no communication); the counts that decide refills and the loss's
+normalisers (completions, response tokens, trained rows of the step) are summed over processes, so every
+process takes the same path: all update, or none. A process left without a useful row still runs one
+zero-weight micro-batch, so it joins the gradient all-reduce instead of leaving the others waiting in it.
+
 Run it:
     alignkit grpo --config configs/grpo/smollm2-addition.yaml
     alignkit dapo --config configs/grpo/smollm2-addition.yaml      # = preset: dapo
@@ -35,16 +41,14 @@ Run it:
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import logging
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from alignkit.config import GRPOConfig, save_resolved
+from alignkit.config import GRPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import group_advantages
 from alignkit.losses.kl import k3
@@ -52,163 +56,220 @@ from alignkit.losses.policy import clipped_policy_loss
 from alignkit.losses.reduce import aggregate
 from alignkit.losses.shaping import overlong_penalty
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class GRPOBatch:
+    """One micro-batch and what its loss needs of the whole optimizer step."""
+
+    input_ids: torch.Tensor  # (b, T) prompt + completion, right-padded
+    response_mask: torch.Tensor  # (b, T) bool
+    advantages: torch.Tensor  # (b,)
+    old_logps: torch.Tensor | None  # (b, T) per token; None when on-policy (μ = 1)
+    ref_logps: torch.Tensor | None  # (b, T) per token; None when β = 0
+    weight: float  # 1, or 0 for a stand-in row on a process with nothing to train
+    step_rows: int  # completions of the round, all processes (sequence-mean normaliser)
+    step_tokens: int  # their response tokens (token-mean normaliser)
+    trained_rows: int  # rows that go through the model, all processes
+    stats: dict[str, float]  # the round's rewards, lengths, dropped groups (all processes)
 
 
 @dataclass
 class Rollout:
-    """Completions of one generation round, padded: rows are prompt + completion, right-padded."""
+    """This process's share of one generation round: the kept groups' completions, padded."""
 
     input_ids: torch.Tensor  # (N, T)
     response_mask: torch.Tensor  # (N, T) bool
     advantages: torch.Tensor  # (N,)
-    old_logps: torch.Tensor | None  # (N, T) per token, None when on-policy
-    ref_logps: torch.Tensor | None  # (N, T) per token, None when β = 0
+    old_logps: torch.Tensor | None
+    ref_logps: torch.Tensor | None
+    useful: list[int]  # rows that go through the model: non-zero advantage, or every row when β > 0
+    step_rows: int
+    step_tokens: int
+    trained_rows: int
     stats: dict[str, float]
 
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
+    def batch(self, rows: list[int]) -> GRPOBatch:
+        idx = torch.tensor(rows)
+        pick = (lambda x: x[idx] if x is not None else None)
+        return GRPOBatch(self.input_ids[idx], self.response_mask[idx], self.advantages[idx], pick(self.old_logps),
+                         pick(self.ref_logps), 1.0, self.step_rows, self.step_tokens, self.trained_rows, self.stats)
 
 
 class GRPO:
-    """The GRPO / DAPO algorithm for `train.loop.train`."""
+    """The GRPO / DAPO algorithm for `train.loop.train`.
 
-    def __init__(self, cfg: GRPOConfig, items, prompt_ids, rewards, policy, tokenizer, reference, device,
-                 rank: int = 0, world: int = 1, say=print):
+    policy: `train.setup.Policy`; reference: a `models.reference.ModelReference` or None (β = 0);
+    old_policy: the same over the policy itself, for μ > 1."""
+
+    def __init__(self, cfg: GRPOConfig, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run):
         self.cfg, self.items, self.prompt_ids, self.rewards = cfg, items, prompt_ids, rewards
-        self.policy, self.tokenizer, self.reference = policy, tokenizer, reference
-        self.device, self.rank, self.world, self.say = device, rank, world, say
+        self.policy, self.tokenizer, self.reference, self.old_policy, self.run = (policy, tokenizer, reference,
+                                                                                  old_policy, run)
         g, t = cfg.grpo, cfg.train
         self.prompts_per_step = t.batch_size // g.group_size
         rounds = math.ceil(t.epochs * len(items) / self.prompts_per_step)
         self.total_steps = t.max_steps or rounds * g.iterations
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.rollout: Rollout | None = None
+        self.pad_id = tokenizer.pad_token_id
+        self.rollout: Rollout | None = None  # the current round, reused by its μ optimizer steps
         self.rollout_round = -1
-        self.cursor = 0  # prompts drawn so far (dynamic sampling draws extra ones)
-        self.step_tokens = 0
+        self.cursor = 0  # prompts drawn so far, all processes (dynamic sampling draws extra ones)
 
-    # -- prompts --------------------------------------------------------------------------------------
-    def _next_prompts(self, n: int) -> list[int]:
+    # -- one generation round: sample, score, filter, advantages --------------------------------------------
+    def _draw(self, n: int) -> list[int]:
+        """The next n prompts of the run's stream (the same on every process)."""
         out = stream_indices(self.cursor, n, len(self.items), self.cfg.train.seed)
         self.cursor += n
         return out
 
-    # -- one generation round -------------------------------------------------------------------------
     @torch.no_grad()
-    def _generate_round(self, round_index: int) -> Rollout:
+    def _sample(self, chosen: list[int], round_index: int, attempt: int):
         from alignkit.generation.sample import generate
         from alignkit.models.logprobs import base_model
 
-        g, gen = self.cfg.grpo, self.cfg.generation
-        G, want = g.group_size, self.prompts_per_step
-        kept: list[tuple[int, list, list[float]]] = []  # (item index, samples, rewards)
-        dropped = rounds = 0
-        reward_parts: dict[str, list[float]] = {}
-        all_rewards, lengths, unfinished = [], [], 0
+        gen = self.cfg.generation
+        with self.run.autocast():
+            return generate(base_model(self.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen],
+                            n=self.cfg.grpo.group_size, temperature=gen.temperature, top_p=gen.top_p,
+                            max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, prompt_keys=chosen,
+                            seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + attempt)  # fresh noise
+
+    def _score(self, chosen: list[int], samples) -> tuple[list[float], dict[str, float]]:
+        """One reward per completion (rewards, weighted, plus overlong shaping), and each reward's sum."""
+        G, g = self.cfg.grpo.group_size, self.cfg.grpo
+        flat = [s for group in samples for s in group]
+        sequences = [(self.prompt_ids[i], s.token_ids) for i, group in zip(chosen, samples) for s in group]
+        scores, means = self.rewards([self.items[i] for i in chosen for _ in range(G)], [s.text for s in flat],
+                                     sequences, self.pad_id)
+        if g.overlong_buffer:
+            shaped = overlong_penalty(torch.tensor([float(len(s.token_ids)) for s in flat]),
+                                      self.cfg.generation.max_new_tokens, g.overlong_buffer, g.overlong_penalty)
+            scores = [r + float(p) for r, p in zip(scores, shaped)]
+        return scores, {k: v * len(flat) for k, v in means.items()}
+
+    def _filter(self, chosen: list[int], samples, scores: list[float]) -> list[tuple[int, list, list[float]]]:
+        """(item, samples, rewards) of each group worth training on: all, or under dynamic sampling only those
+        whose rewards differ (equal rewards give zero advantages: no signal)."""
+        G = self.cfg.grpo.group_size
+        groups = [(i, samples[j], scores[j * G : (j + 1) * G]) for j, i in enumerate(chosen)]
+        return [x for x in groups if not self.cfg.grpo.dynamic_sampling or max(x[2]) != min(x[2])]
+
+    def _fill(self, round_index: int):
+        """Sample, score and filter this process's share of the round's prompts; under dynamic sampling, draw more
+        until the kept groups of all processes fill the step or the bound on rounds is hit."""
+        g, run, want = self.cfg.grpo, self.run, self.prompts_per_step
+        kept: list[tuple[int, list, list[float]]] = []
+        kept_all = dropped_all = attempts = 0
+        sums = dict.fromkeys(["reward", "reward_sq", "completions", "length", "unfinished", *self.rewards.names], 0.0)
         self.cursor = max(self.cursor, round_index * want)
-        while len(kept) < want and rounds < (g.max_generation_rounds if g.dynamic_sampling else 1):
-            rounds += 1
-            chosen = self._next_prompts(want - len(kept))
-            samples = generate(base_model(self.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen],
-                               n=G, temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
-                               seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + rounds,  # fresh noise
-                               batch_size=gen.batch_size, prompt_keys=chosen)
-            flat_items = [self.items[i] for i in chosen for _ in range(G)]
-            flat = [s for group in samples for s in group]
-            sequences = [(self.prompt_ids[i], s.token_ids) for i, group in zip(chosen, samples) for s in group]
-            scores, means = self.rewards(flat_items, [s.text for s in flat], sequences, self.pad_id)
-            for k, v in means.items():
-                reward_parts.setdefault(k, []).append(v)
-            if g.overlong_buffer:
-                shaped = overlong_penalty(torch.tensor([float(len(s.token_ids)) for s in flat]), gen.max_new_tokens,
-                                          g.overlong_buffer, g.overlong_penalty)
-                scores = [r + float(p) for r, p in zip(scores, shaped)]
-            all_rewards += scores
-            lengths += [len(s.token_ids) for s in flat]
-            unfinished += sum(not s.finished for s in flat)
-            for j, i in enumerate(chosen):
-                group_scores = scores[j * G : (j + 1) * G]
-                if g.dynamic_sampling and max(group_scores) == min(group_scores):
-                    dropped += 1
-                    continue
-                kept.append((i, samples[j], group_scores))
-        if g.dynamic_sampling:
-            line = (f"dynamic sampling, step {round_index * g.iterations + 1}: kept {len(kept)}/{want} groups, "
-                    f"dropped {dropped} with equal rewards, {rounds} generation round(s) ({rounds - 1} refill(s))")
-            if len(kept) < want:
-                line += (f"; max_generation_rounds={g.max_generation_rounds} reached, training on {len(kept)} groups"
-                         if kept else "; no group has differing rewards: this step makes no update")
-            self.say(line)
-        stats = {
-            "reward": sum(all_rewards) / len(all_rewards),
-            "reward_std": float(torch.tensor(all_rewards).std()) if len(all_rewards) > 1 else 0.0,
-            "completion_length": sum(lengths) / len(lengths),
-            "unfinished_fraction": unfinished / len(lengths),
-            "groups_dropped": float(dropped),
-            "generation_rounds": float(rounds),
-            **{k: sum(v) / len(v) for k, v in reward_parts.items()},
-        }
-        if not kept:
-            return Rollout(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool), torch.zeros(0),
-                           None, None, stats)
+        while kept_all < want and attempts < (g.max_generation_rounds if g.dynamic_sampling else 1):
+            attempts += 1
+            mine = self._draw(want - kept_all)[run.rank :: run.world]
+            now = []
+            if mine:
+                samples = self._sample(mine, round_index, attempts)
+                scores, parts = self._score(mine, samples)
+                flat = [s for group in samples for s in group]
+                for k, v in {**parts, "reward": sum(scores), "reward_sq": sum(x * x for x in scores),
+                             "completions": len(scores), "length": sum(len(s.token_ids) for s in flat),
+                             "unfinished": sum(not s.finished for s in flat)}.items():
+                    sums[k] += v
+                now = self._filter(mine, samples, scores)
+                kept += now
+            now_kept, now_dropped = run.sum_over_processes([len(now), len(mine) - len(now)])
+            kept_all, dropped_all = kept_all + int(now_kept), dropped_all + int(now_dropped)
+        if g.dynamic_sampling and run.accelerator.is_main_process:
+            line = (f"dynamic sampling, step {round_index * g.iterations + 1}: kept {kept_all}/{want} groups, "
+                    f"dropped {dropped_all} with equal rewards, {attempts} generation round(s) ({attempts - 1} "
+                    "refill(s))")
+            if kept_all < want:
+                line += (f"; max_generation_rounds={g.max_generation_rounds} reached, training on {kept_all} groups"
+                         if kept_all else "; no group has differing rewards: this step makes no update")
+            print(line)
+        return kept, sums, dropped_all, attempts
+
+    def _round(self, round_index: int) -> Rollout:
+        """One generation round: fill, then advantages within each group, the step's normalisers summed over
+        processes, and the old-policy and reference log-probs the loss needs."""
+        g, run = self.cfg.grpo, self.run
+        kept, sums, dropped, attempts = self._fill(round_index)
         rows = [(list(self.prompt_ids[i]), s.token_ids) for i, group, _ in kept for s in group]
-        input_ids, mask = pad_rows(rows, self.pad_id)
-        advantages = group_advantages(torch.tensor([r for *_, rs in kept for r in rs]), G, scale=g.scale_rewards)
-        old = self._per_token(self.policy, input_ids, mask) if g.iterations > 1 else None
-        ref = self.reference(input_ids, mask) if self.reference is not None else None
-        return Rollout(input_ids, mask, advantages, old, ref, stats)
+        if rows:
+            input_ids, mask = pad_rows(rows, self.pad_id)
+            advantages = group_advantages(torch.tensor([r for *_, rs in kept for r in rs]), g.group_size,
+                                          scale=g.scale_rewards)  # (N,)
+        else:
+            input_ids, mask, advantages = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool), \
+                torch.zeros(0)
+        useful = [i for i in range(len(rows)) if g.beta > 0 or float(advantages[i]) != 0.0]
+        names = sorted(sums)
+        values = run.sum_over_processes([sums[k] for k in names] + [len(rows), float(mask.sum()), len(useful)])
+        step_rows, step_tokens, trained_rows = (int(v) for v in values[len(names):])
+        stats = self._stats(dict(zip(names, values)), dropped, attempts)
+        old = self.old_policy.per_token(input_ids, mask) if g.iterations > 1 and rows else None
+        ref = self.reference.per_token(input_ids, mask) if self.reference is not None and rows else None
+        if self.cfg.generation.log_rollouts:
+            self._log(round_index, kept, advantages)
+        return Rollout(input_ids, mask, advantages, old, ref, useful, step_rows, step_tokens, trained_rows, stats)
 
-    def _per_token(self, fn, input_ids, mask) -> torch.Tensor:
-        mb = self.cfg.train.micro_batch_size
-        was = self.policy.training
-        self.policy.eval()
-        out = torch.cat([fn(input_ids[s : s + mb].to(self.device), mask[s : s + mb].to(self.device), per_token=True)
-                         for s in range(0, len(input_ids), mb)])
-        self.policy.train(was)
-        return out
+    @staticmethod
+    def _stats(totals: dict[str, float], dropped: int, attempts: int) -> dict[str, float]:
+        n = max(totals["completions"], 1.0)
+        var = (totals["reward_sq"] - totals["reward"] ** 2 / n) / (n - 1) if n > 1 else 0.0
+        return {"reward": totals["reward"] / n, "reward_std": math.sqrt(max(var, 0.0)),
+                "completion_length": totals["length"] / n, "unfinished_fraction": totals["unfinished"] / n,
+                "groups_dropped": float(dropped), "generation_rounds": float(attempts),
+                **{k: v / n for k, v in totals.items() if k.startswith("rewards/")}}
 
-    # -- the loop's protocol --------------------------------------------------------------------------
+    def _log(self, round_index: int, kept, advantages: torch.Tensor) -> None:
+        """rollouts.jsonl: every kept completion of the round with its reward and advantage (one write)."""
+        rows = [{"step": round_index * self.cfg.grpo.iterations + 1, "rank": self.run.rank, "item": i,
+                 "prompt_ids": list(self.prompt_ids[i]), "completion_ids": s.token_ids, "completion": s.text,
+                 "reward": r} for i, group, rewards in kept for s, r in zip(group, rewards)]
+        for row, a in zip(rows, advantages.tolist()):
+            row["advantage"] = a
+        with open(Path(self.cfg.train.output_dir) / "rollouts.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    # -- the loop's protocol --------------------------------------------------------------------------------
     def batches(self, step: int):
-        g, t = self.cfg.grpo, self.cfg.train
-        round_index = step // g.iterations
+        round_index = step // self.cfg.grpo.iterations
         if self.rollout_round != round_index:
-            self.rollout, self.rollout_round = self._generate_round(round_index), round_index
+            self.rollout, self.rollout_round = self._round(round_index), round_index
         r = self.rollout
+        if r.trained_rows == 0:
+            return  # no row of any process carries signal: every process skips the update
+        if not r.useful:  # others train: join their all-reduce with a row that weighs nothing
+            ids, mask = pad_rows([([self.pad_id], [self.pad_id])], self.pad_id)
+            yield GRPOBatch(ids, mask, torch.zeros(1), None, None, 0.0, r.step_rows, r.step_tokens, r.trained_rows,
+                            r.stats)
+            return
+        mb = self.cfg.train.micro_batch_size
+        for s in range(0, len(r.useful), mb):
+            yield r.batch(r.useful[s : s + mb])
+
+    def loss(self, model, b: GRPOBatch):
+        g, device = self.cfg.grpo, self.run.device
+        ids, mask = b.input_ids.to(device), b.response_mask.to(device)
+        logps = model(ids, mask, per_token=True)  # (b, T)
+        old = b.old_logps.to(device) if b.old_logps is not None else logps.detach()
+        per_token, stats = clipped_policy_loss(logps, old, b.advantages.to(device), mask, g.eps_low, g.eps_high)
+        kl = None
+        if b.ref_logps is not None:
+            kl = torch.where(mask, k3(logps, b.ref_logps.to(device)), 0.0)
+            per_token = per_token + g.beta * kl
         # The loss is normalised over every completion of the round (and every token, for token-mean). Rows
         # with zero advantage and no KL term add nothing to it or to the gradient, so they are not run.
-        useful = [i for i in range(len(r)) if r.ref_logps is not None or float(r.advantages[i]) != 0.0]
-        mine = useful[self.rank :: self.world]  # this process's share
-        self.step_rows = len(r)
-        self.step_tokens = int(r.response_mask.sum())
-        self.trained_rows = len(useful)
-        for s in range(0, len(mine), t.micro_batch_size):
-            yield mine[s : s + t.micro_batch_size]
-
-    def loss(self, model, rows: list[int]):
-        g, r = self.cfg.grpo, self.rollout
-        idx = torch.tensor(rows)
-        ids, mask = r.input_ids[idx].to(self.device), r.response_mask[idx].to(self.device)
-        logps = model(ids, mask, per_token=True)  # (b, T)
-        old = r.old_logps[idx].to(self.device) if r.old_logps is not None else logps.detach()
-        adv = r.advantages[idx].to(self.device)
-        per_token, stats = clipped_policy_loss(logps, old, adv, mask, g.eps_low, g.eps_high)
-        kl = None
-        if r.ref_logps is not None:
-            kl = torch.where(mask, k3(logps, r.ref_logps[idx].to(self.device)), 0.0)
-            per_token = per_token + g.beta * kl
-        b = len(rows)
         if g.aggregation == "token-mean":  # over every response token of the optimizer step
-            loss = aggregate(per_token, mask, "token-mean", global_tokens=self.step_tokens)
+            loss = aggregate(per_token, mask, "token-mean", global_tokens=b.step_tokens)
         else:  # sequence means, over every sequence of the step
-            loss = aggregate(per_token, mask, g.aggregation) * b / self.step_rows
-        loss = loss * self.world  # DDP averages gradients over processes
-        n = torch.tensor(float(b))
-        metrics = {"count": n, "tokens": mask.sum().float(), "loss": loss.detach() * self.trained_rows / self.world,
-                   **{k: v * n for k, v in stats.items()}}
+            loss = aggregate(per_token, mask, g.aggregation) * len(ids) / b.step_rows
+        loss = loss * self.run.world * b.weight  # × world: DDP averages gradients over processes
+        n = torch.tensor(float(len(ids)) * b.weight)
+        metrics = {"count": n, "tokens": mask.sum().float() * b.weight,
+                   "loss": loss.detach() * b.trained_rows / self.run.world, **{k: v * n for k, v in stats.items()}}
         if kl is not None:
             metrics["kl"] = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().detach()
-        for k, v in r.stats.items():
+        for k, v in b.stats.items():
             metrics[k] = torch.tensor(v) * n
         return loss, metrics
 
@@ -221,57 +282,23 @@ class GRPO:
 
 
 def run(cfg: GRPOConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from alignkit.data.chat import chat_prompt_ids
-    from alignkit.models.load import add_lora, disable_dropout, load_model, load_tokenizer
-    from alignkit.models.logprobs import SequenceLogps
-    from alignkit.rewards import Rewards
-    from alignkit.tasks import make_task, task_items
+    from alignkit.models import reference as ref
     from alignkit.train.loop import finish, train
+    from alignkit.train.setup import load_policy, load_task, start_run
 
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if t.bf16:
-        log.warning("train.bf16 is not used by grpo yet; computing in float32")
-    accelerator = Accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        save_resolved(cfg, run_dir)
+    run = start_run(cfg, unit=(cfg.grpo.group_size, "grpo.group_size"))
+    cfg, t, g = run.cfg, run.cfg.train, run.cfg.grpo
+    items, prompt_ids, rewards, tokenizer = load_task(cfg, run)
 
-    task = make_task(cfg.task)
-    items = task_items(task, cfg.task)
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    rewards = Rewards(cfg.rewards, task, tokenizer, accelerator.device)
-    prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
-    print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
-
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    disable_dropout(model)
-    g = cfg.grpo
-    frozen = None
-    if g.beta > 0 and cfg.model.lora is None:
-        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk, t.share_prompts).eval().requires_grad_(False)
-    if cfg.model.lora is not None:
-        model = add_lora(model, cfg.model.lora)
-    policy = SequenceLogps(model, t.logits_chunk, t.share_prompts).to(accelerator.device)
-    reference = None
-    if g.beta > 0:
-        off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
-        source = policy if frozen is None else frozen.to(accelerator.device)
-
-        def reference(input_ids, mask):
-            with off():
-                return algo._per_token(source, input_ids, mask)
-
-    algo = GRPO(cfg, items, prompt_ids, rewards, policy, tokenizer, reference, accelerator.device, rank, world)
-    ref_kind = "none (beta = 0)" if reference is None else "adapter off" if frozen is None else "frozen copy"
+    mode = "none" if g.beta == 0 else "adapter" if cfg.model.lora is not None else "copy"
+    snapshot = ref.Snapshot(mode)
+    policy = load_policy(cfg, run, before_adapter=snapshot)
+    reference = ref.model_reference(mode, snapshot, policy, run, t.micro_batch_size) if mode != "none" else None
+    old_policy = ref.ModelReference(policy.module, autocast=run.autocast, micro_batch_size=t.micro_batch_size)
+    algo = GRPO(cfg, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run)
+    kind = {"none": "none (beta = 0)", "adapter": "adapter off", "copy": "frozen copy"}[mode]
     print(f"{cfg.preset}: {algo.total_steps} steps of {algo.prompts_per_step} prompts x {g.group_size} completions; "
-          f"reference: {ref_kind}")
-    trained, history = train(algo, policy, t, accelerator, run_dir)
-    finish(trained.model, history, tokenizer, cfg, run_dir, accelerator, ("reward", "kl", "completion_length"))
-    return run_dir
+          f"reference: {kind}")
+    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("reward", "kl", "completion_length"))
+    return run.run_dir

@@ -23,8 +23,8 @@ Run it:
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alignkit.config import PPOConfig, save_resolved
+from alignkit.config import PPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import gae
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, k1, kl_shaped_rewards
@@ -67,11 +67,26 @@ class Rollout:
     stats: dict[str, float]
 
 
+@dataclass
+class PPOBatch:
+    """Rows of one micro-batch, with what its loss needs of the whole minibatch (the optimizer step)."""
+
+    input_ids: torch.Tensor  # (b, T)
+    mask: torch.Tensor  # (b, T)
+    old_logps: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    step_rows: int  # sequences of the minibatch
+    step_tokens: int  # their response tokens: the token-mean normaliser
+    stats: dict[str, float]  # the rollout's
+
+
 class PPO:
     def __init__(self, cfg: PPOConfig, items, prompt_ids, rewards, actor_critic: ActorCritic, tokenizer, reference,
-                 device, say=print):
+                 run):
         self.cfg, self.items, self.prompt_ids, self.rewards = cfg, items, prompt_ids, rewards
-        self.ac, self.tokenizer, self.reference, self.device, self.say = actor_critic, tokenizer, reference, device, say
+        self.ac, self.tokenizer, self.reference, self.run = actor_critic, tokenizer, reference, run
         p, t = cfg.ppo, cfg.train
         self.minibatches = p.rollout_prompts // t.batch_size
         self.steps_per_rollout = p.epochs * self.minibatches
@@ -79,20 +94,17 @@ class PPO:
         self.total_steps = t.max_steps or rollouts * self.steps_per_rollout
         self.kl_ctl = (AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.adaptive_kl
                        else FixedKLController(p.kl_coef))
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.rollout: Rollout | None = None
+        self.pad_id = tokenizer.pad_token_id
+        self.rollout: Rollout | None = None  # the current rollout, reused by its epochs × minibatches steps
         self.rollout_index = -1
 
-    def _prompts(self, rollout_index: int) -> list[int]:
-        per = self.cfg.ppo.rollout_prompts
-        return stream_indices(rollout_index * per, per, len(self.items), self.cfg.train.seed)
-
     def _per_rows(self, fn, input_ids, mask=None) -> torch.Tensor:
-        mb = self.cfg.train.micro_batch_size
+        mb, device = self.cfg.train.micro_batch_size, self.run.device
         parts = []
         for s in range(0, len(input_ids), mb):
-            ids = input_ids[s : s + mb].to(self.device)
-            parts.append(fn(ids) if mask is None else fn(ids, mask[s : s + mb].to(self.device)))
+            ids = input_ids[s : s + mb].to(device)
+            with self.run.autocast():
+                parts.append((fn(ids) if mask is None else fn(ids, mask[s : s + mb].to(device))).float())
         return torch.cat(parts).cpu()
 
     @torch.no_grad()
@@ -101,13 +113,15 @@ class PPO:
         from alignkit.models.logprobs import base_model
 
         p, gen = self.cfg.ppo, self.cfg.generation
-        chosen = self._prompts(rollout_index)
+        chosen = stream_indices(rollout_index * p.rollout_prompts, p.rollout_prompts, len(self.items),
+                                self.cfg.train.seed)
         was = self.ac.training
         self.ac.eval()
-        samples = [g[0] for g in generate(
-            base_model(self.ac.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen], n=1,
-            temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
-            seed=self.cfg.train.seed * 1_000_003 + rollout_index, batch_size=gen.batch_size, prompt_keys=chosen)]
+        with self.run.autocast():
+            samples = [g[0] for g in generate(
+                base_model(self.ac.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen], n=1,
+                temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                seed=self.cfg.train.seed * 1_000_003 + rollout_index, batch_size=gen.batch_size, prompt_keys=chosen)]
         sequences = [(self.prompt_ids[i], s.token_ids) for i, s in zip(chosen, samples)]
         scores, parts = self.rewards([self.items[i] for i in chosen], [s.text for s in samples], sequences,
                                      self.pad_id)
@@ -117,7 +131,7 @@ class PPO:
             scores = no_eos_penalty(scores, finished, p.missing_eos_penalty)
         input_ids, mask = pad_rows(sequences, self.pad_id)
         logps = self._per_rows(lambda i, m: self.ac.policy(i, m, per_token=True), input_ids, mask)
-        ref = self._per_rows(self.reference, input_ids, mask)
+        ref = self.reference.per_token(input_ids, mask).cpu()
         values = self._per_rows(self.ac.values, input_ids) * mask
         self.ac.train(was)
         rewards = kl_shaped_rewards(scores, logps, ref, mask, self.kl_ctl.value)  # (N, T)
@@ -134,43 +148,53 @@ class PPO:
                  "entropy": float(-(logps * mask).sum() / mask.sum()),
                  "explained_variance": float(explained) if float(var_returns) > 0 else 0.0, **parts}
         self.kl_ctl.update(stats["kl"], len(chosen))
+        if self.cfg.generation.log_rollouts:
+            self._log(rollout_index, chosen, samples, scores, advantages, values, mask)
         return Rollout(input_ids, mask, logps, values, advantages, returns, stats)
 
-    # -- the loop's protocol --------------------------------------------------------------------------
+    def _log(self, rollout_index: int, chosen, samples, scores, advantages, values, mask) -> None:
+        """rollouts.jsonl: each completion with its score, per-token values and advantages (one write per rollout)."""
+        rows = [{"step": rollout_index * self.steps_per_rollout + 1, "item": i, "prompt_ids": list(self.prompt_ids[i]),
+                 "completion_ids": s.token_ids, "completion": s.text, "reward": float(score),
+                 "values": v[m].tolist(), "advantages": a[m].tolist()}
+                for i, s, score, a, v, m in zip(chosen, samples, scores, advantages, values, mask)]
+        with open(Path(self.cfg.train.output_dir) / "rollouts.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    # -- the loop's protocol --------------------------------------------------------------------------------
     def batches(self, step: int):
         t = self.cfg.train
         rollout_index, k = divmod(step, self.steps_per_rollout)
         if rollout_index != self.rollout_index:
             self.rollout, self.rollout_index = self._collect(rollout_index), rollout_index
+        r = self.rollout
         epoch, m = divmod(k, self.minibatches)
-        order = list(range(len(self.rollout.input_ids)))
+        order = list(range(len(r.input_ids)))
         random.Random(t.seed * 7919 + rollout_index * 31 + epoch).shuffle(order)
         rows = order[m * t.batch_size : (m + 1) * t.batch_size]
-        self.step_tokens = int(self.rollout.mask[rows].sum())
-        self.step_rows = len(rows)
+        step_tokens = int(r.mask[rows].sum())
         for s in range(0, len(rows), t.micro_batch_size):
-            yield rows[s : s + t.micro_batch_size]
+            idx = torch.tensor(rows[s : s + t.micro_batch_size])
+            yield PPOBatch(r.input_ids[idx], r.mask[idx], r.old_logps[idx], r.old_values[idx], r.advantages[idx],
+                           r.returns[idx], len(rows), step_tokens, r.stats)
 
-    def loss(self, model, rows: list[int]):
-        p, r = self.cfg.ppo, self.rollout
-        idx = torch.tensor(rows)
-        ids, mask = r.input_ids[idx].to(self.device), r.mask[idx].to(self.device)
+    def loss(self, model, b: PPOBatch):
+        p, device = self.cfg.ppo, self.run.device
+        ids, mask = b.input_ids.to(device), b.mask.to(device)
         logps = model.policy(ids, mask, per_token=True)
         values = model.values(ids)
-        pg, pg_stats = clipped_policy_loss(logps, r.old_logps[idx].to(self.device), r.advantages[idx].to(self.device),
-                                           mask, p.eps)
-        vf, vf_stats = clipped_value_loss(values, r.old_values[idx].to(self.device), r.returns[idx].to(self.device),
-                                          mask, p.value_clip)
+        pg, pg_stats = clipped_policy_loss(logps, b.old_logps.to(device), b.advantages.to(device), mask, p.eps)
+        vf, vf_stats = clipped_value_loss(values, b.old_values.to(device), b.returns.to(device), mask, p.value_clip)
         per_token = pg + p.vf_coef * vf
-        loss = (per_token * mask).sum() / self.step_tokens  # token mean over the minibatch
-        n = torch.tensor(float(len(rows)))
-        whole = self.step_rows  # the loop divides by the step's row count: these are parts of the step's sum
+        loss = (per_token * mask).sum() / b.step_tokens  # token mean over the minibatch
+        n = torch.tensor(float(len(ids)))
+        whole = b.step_rows  # the loop divides by the step's row count: these are parts of the step's sum
         metrics = {"count": n, "tokens": mask.sum().float(), "loss": loss.detach() * whole,
-                   "policy_loss": ((pg * mask).sum() / self.step_tokens).detach() * whole,
-                   "value_loss": ((vf * mask).sum() / self.step_tokens).detach() * whole,
+                   "policy_loss": ((pg * mask).sum() / b.step_tokens).detach() * whole,
+                   "value_loss": ((vf * mask).sum() / b.step_tokens).detach() * whole,
                    "clip_fraction": pg_stats["clip_fraction"] * n, "approx_kl": pg_stats["approx_kl"] * n,
                    "value_clip_fraction": vf_stats["clip_fraction"] * n}
-        for key, v in r.stats.items():
+        for key, v in b.stats.items():
             metrics[key] = torch.tensor(v) * n
         return loss, metrics
 
@@ -179,63 +203,41 @@ class PPO:
 
 
 def run(cfg: PPOConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from alignkit import AlignkitError
-    from alignkit.data.chat import chat_prompt_ids
+    from alignkit.models import reference as ref
     from alignkit.models.heads import ScalarHead, load_scalar_model, save_scalar_model
-    from alignkit.models.load import add_lora, disable_dropout, load_model, load_tokenizer
-    from alignkit.models.logprobs import SequenceLogps
-    from alignkit.rewards import Rewards
-    from alignkit.tasks import make_task, task_items
+    from alignkit.models.load import add_lora, disable_dropout
     from alignkit.train.loop import finish, train
+    from alignkit.train.setup import load_policy, load_task, start_run
 
-    t = cfg.train
-    accelerator = Accelerator()
-    if accelerator.num_processes > 1:
-        raise AlignkitError("alignkit ppo runs in one process for now (launch it without accelerate)")
-    set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    save_resolved(cfg, run_dir)
-    task = make_task(cfg.task)
-    items = task_items(task, cfg.task)
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    rewards = Rewards(cfg.rewards, task, tokenizer, accelerator.device)
-    prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
-    print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
+    run = start_run(cfg, max_processes=1)
+    cfg, t = run.cfg, run.cfg.train
+    items, prompt_ids, rewards, tokenizer = load_task(cfg, run)
 
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    disable_dropout(model)
     reward_models = [r.model for r in cfg.rewards if r.kind == "model"]
-    if cfg.value.init == "reward-model" and reward_models:
-        critic = load_scalar_model(reward_models[0], cfg.model.dtype)
-        critic_from = reward_models[0]
+    from_reward_model = cfg.value.init == "reward-model" and bool(reward_models)
+    mode = "adapter" if cfg.model.lora is not None else "copy"
+    snapshot, initial = ref.Snapshot(mode), {}
+
+    def keep(model):  # before LoRA: the reference's frozen copy, and the critic's start when not a reward model
+        snapshot(model)
+        if not from_reward_model:
+            initial["critic"] = copy.deepcopy(model)
+
+    policy = load_policy(cfg, run, before_adapter=keep)
+    reference = ref.model_reference(mode, snapshot, policy, run, t.micro_batch_size)
+    if from_reward_model:
+        critic, critic_from = load_scalar_model(reward_models[0], cfg.model.dtype), reward_models[0]
     else:
-        critic = ScalarHead(copy.deepcopy(model))
-        critic_from = "the policy's weights"
+        critic, critic_from = ScalarHead(initial["critic"]), "the policy's weights"
     disable_dropout(critic.model)
     critic_lora = cfg.value.lora or cfg.model.lora
     if critic_lora is not None:
         critic.model = add_lora(critic.model, critic_lora)
-    frozen = None
-    if cfg.model.lora is None:
-        frozen = SequenceLogps(copy.deepcopy(model), t.logits_chunk, t.share_prompts).eval().requires_grad_(False)
-    else:
-        model = add_lora(model, cfg.model.lora)
-    policy = SequenceLogps(model, t.logits_chunk, t.share_prompts)
-    ac = ActorCritic(policy, critic).to(accelerator.device)
-    off = model.disable_adapter if cfg.model.lora is not None else contextlib.nullcontext
-    source = policy if frozen is None else frozen.to(accelerator.device)
-
-    def reference(input_ids, mask):
-        with off():
-            return source(input_ids, mask, per_token=True)
-
-    algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, accelerator.device)
+    ac = ActorCritic(policy.module, critic).to(run.device)
+    algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, run)
     print(f"ppo: {algo.total_steps} steps ({algo.steps_per_rollout} per rollout of {cfg.ppo.rollout_prompts} "
           f"prompts); critic from {critic_from}")
-    trained, history = train(algo, ac, t, accelerator, run_dir)
-    save_scalar_model(trained.critic, tokenizer, run_dir / "value", True, "value")
-    finish(trained.policy.model, history, tokenizer, cfg, run_dir, accelerator, ("score", "kl", "value_loss"))
-    return run_dir
+    trained, history = train(algo, ac, t, run.accelerator, run.run_dir)
+    save_scalar_model(trained.critic, tokenizer, run.run_dir / "value", True, "value")
+    finish(trained.policy.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("score", "kl", "value_loss"))
+    return run.run_dir

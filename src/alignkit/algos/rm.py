@@ -16,38 +16,28 @@ Run it:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from alignkit import AlignkitError
-from alignkit.config import RMConfig, save_resolved
-from alignkit.data.collate import PairBatch, collate, load_pairs, split_eval, step_indices
+from alignkit.config import RMConfig
+from alignkit.data.collate import PairBatch, collate, load_pairs, micro_batches
 from alignkit.losses.reward import bradley_terry
 from alignkit.models.heads import last_positions
+from alignkit.train.loop import held_out_sums
 
 
 class RewardModelling:
     """Bradley–Terry training for `train.loop.train`."""
 
-    def __init__(self, cfg: RMConfig, train_pairs, eval_pairs, pad_id: int, device, rank: int, world: int):
+    def __init__(self, cfg: RMConfig, train_pairs, eval_pairs, pad_id: int, total_steps: int, run):
         self.cfg, self.train_pairs, self.eval_pairs = cfg, train_pairs, eval_pairs
-        self.pad_id, self.device, self.rank, self.world = pad_id, device, rank, world
-        t = cfg.train
-        self.steps_per_epoch = len(train_pairs) // t.batch_size
-        if self.steps_per_epoch == 0:
-            raise AlignkitError(f"{cfg.data.train}: {len(train_pairs)} usable rows, fewer than "
-                                f"train.batch_size={t.batch_size}")
-        self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        self.pad_id, self.total_steps = pad_id, total_steps
+        self.device, self.rank, self.world = run.device, run.rank, run.world
 
     def batches(self, step: int):
-        t = self.cfg.train
-        idx = step_indices(len(self.train_pairs), t.batch_size, t.seed, step)
-        per_rank = t.batch_size // self.world
-        mine = idx[self.rank * per_rank : (self.rank + 1) * per_rank]
-        for s in range(0, len(mine), t.micro_batch_size):
-            yield collate([self.train_pairs[i] for i in mine[s : s + t.micro_batch_size]], self.pad_id)
+        for pairs in micro_batches(self.train_pairs, self.cfg.train, step, self.rank, self.world):
+            yield collate(pairs, self.pad_id)
 
     def _terms(self, model, batch: PairBatch):
         batch = batch.to(self.device)
@@ -64,36 +54,21 @@ class RewardModelling:
         return losses.sum() * self.world / self.cfg.train.batch_size, metrics
 
     def evaluate(self, model):
-        if not self.eval_pairs:
-            return {}
-        mine = self.eval_pairs[self.rank :: self.world]
-        sums: dict[str, torch.Tensor] = {}
-        for s in range(0, len(mine), self.cfg.train.eval_batch_size):
-            _, m = self._terms(model, collate(mine[s : s + self.cfg.train.eval_batch_size], self.pad_id))
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0) + v
-        sums.pop("tokens")
+        sums = held_out_sums(self.eval_pairs, self.cfg.train.eval_batch_size, self.rank, self.world,
+                             lambda chunk: self._terms(model, collate(chunk, self.pad_id))[1])
+        sums.pop("tokens", None)
         return sums
 
 
 def run(cfg: RMConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from alignkit.models.heads import ScalarHead, save_scalar_model
-    from alignkit.models.load import add_lora, disable_dropout, load_model, load_tokenizer
+    from alignkit.data.collate import split_eval, total_steps
+    from alignkit.models.heads import save_scalar_model
+    from alignkit.models.load import load_tokenizer
     from alignkit.train.loop import train
+    from alignkit.train.setup import load_policy, start_run
 
-    t, d = cfg.train, cfg.data
-    accelerator = Accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if t.batch_size % (t.micro_batch_size * world):
-        raise AlignkitError(f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size="
-                            f"{t.micro_batch_size} x {world} processes")
-    set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        save_resolved(cfg, run_dir)
+    run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
+    cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     if d.eval:
@@ -102,31 +77,28 @@ def run(cfg: RMConfig) -> Path:
     else:
         train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    disable_dropout(model)
-    if cfg.model.lora is not None:
-        model = add_lora(model, cfg.model.lora)
-    scorer = ScalarHead(model).to(accelerator.device)
-    algo = RewardModelling(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, accelerator.device, rank, world)
-    trained, history = train(algo, scorer, t, accelerator, run_dir)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_scalar_model(trained, tokenizer, run_dir / "final", cfg.model.lora is None or cfg.model.lora.merge,
+    steps = total_steps(len(train_pairs), t, d.train)
+    policy = load_policy(cfg, run, head="scalar")
+    algo = RewardModelling(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, steps, run)
+    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        save_scalar_model(trained, tokenizer, run.run_dir / "final", cfg.model.lora is None or cfg.model.lora.merge,
                           "reward")
         if history:
             last = history[-1]
             shown = {k: round(v, 4) for k, v in last.items()
                      if k in ("loss", "accuracy", "margin", "eval_loss", "eval_accuracy", "eval_margin")}
-            print(f"done: {last['step']} steps; {shown}; reward model in {run_dir / 'final'}")
-    accelerator.end_training()
-    return run_dir
+            print(f"done: {last['step']} steps; {shown}; reward model in {run.run_dir / 'final'}")
+    run.accelerator.end_training()
+    return run.run_dir
 
 
 @torch.no_grad()
 def score(model_path: str, data: str, out: str, batch_size: int, max_length: int, max_prompt_length: int,
           split: str) -> dict:
     """Score chosen and rejected of every row of a preference file; write JSONL; return accuracy and margin."""
-    from alignkit.algos.logps import write_logps
+    from alignkit.data.jsonl import write_jsonl
     from alignkit.models.heads import load_scalar_model
     from alignkit.models.load import load_tokenizer
 
@@ -139,7 +111,7 @@ def score(model_path: str, data: str, out: str, batch_size: int, max_length: int
         scores = scorer(batch.input_ids, last_positions(batch.response_mask)).tolist()
         results += [{"row": p.row, "chosen_score": scores[j], "rejected_score": scores[batch.size + j]}
                     for j, p in enumerate(pairs[s : s + batch_size])]
-    write_logps(Path(out), results)
+    write_jsonl(Path(out), results)
     summary = {"rows": len(results),
                "accuracy": sum(r["chosen_score"] > r["rejected_score"] for r in results) / len(results),
                "margin": sum(r["chosen_score"] - r["rejected_score"] for r in results) / len(results)}

@@ -19,14 +19,15 @@ Run it:
 from __future__ import annotations
 
 import logging
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from alignkit import AlignkitError
-from alignkit.config import SFTConfig, save_resolved
-from alignkit.data.collate import split_eval, step_indices
+from alignkit.config import SFTConfig
+from alignkit.data.collate import micro_batches, pad, split_eval, step_indices
+from alignkit.train.loop import held_out_sums
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def load_rows(path: str, tokenizer, max_length: int, strict: bool, split: str) -
     return rows
 
 
-def _pad(rows, pad_id: int):
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (ids, m) in enumerate(rows):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(m)] = torch.tensor(m)
-    return input_ids, mask
-
-
 def _pack(rows, pad_id: int, max_length: int):
     """Pack rows end to end, first-fit decreasing, into bins of at most max_length tokens.
 
@@ -82,91 +73,71 @@ def _pack(rows, pad_id: int, max_length: int):
             bins.append([(ids, m)])
     packed = [([t for ids, _ in b for t in ids], [v and j > 0 for _, m in b for j, v in enumerate(m)],
                [j for ids, _ in b for j in range(len(ids))]) for b in bins]
-    width = max(len(ids) for ids, _, _ in packed)
-    input_ids = torch.full((len(packed), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(packed), width), dtype=torch.bool)
+    input_ids, mask = pad([(ids, m) for ids, m, _ in packed], pad_id)
+    width = input_ids.shape[1]
     # Padding after the last row continues its positions: causal attention keeps it out of real tokens.
-    position_ids = torch.zeros((len(packed), width), dtype=torch.long)
-    for i, (ids, m, pos) in enumerate(packed):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        mask[i, : len(m)] = torch.tensor(m)
-        position_ids[i] = torch.cat([torch.tensor(pos), torch.arange(pos[-1] + 1, pos[-1] + 1 + width - len(pos))])
+    position_ids = torch.stack([torch.cat([torch.tensor(pos), torch.arange(pos[-1] + 1, pos[-1] + 1 + width - len(pos))])
+                                for _, _, pos in packed])
     return input_ids, mask, position_ids
+
+
+@dataclass
+class SFTBatch:
+    input_ids: torch.Tensor  # (B, T)
+    mask: torch.Tensor  # (B, T) bool: trained tokens
+    position_ids: torch.Tensor | None  # (B, T) for packed rows (positions restart per row), else None
+    step_tokens: int  # trained tokens of the whole optimizer step, every process and micro-batch
 
 
 class SFT:
     """SFT for `train.loop.train`: token-mean NLL over the step's trained tokens."""
 
-    def __init__(self, cfg: SFTConfig, train_rows, eval_rows, pad_id: int, device, rank: int, world: int):
+    def __init__(self, cfg: SFTConfig, train_rows, eval_rows, pad_id: int, total_steps: int, run):
         self.cfg, self.train_rows, self.eval_rows = cfg, train_rows, eval_rows
-        self.pad_id, self.device, self.rank, self.world = pad_id, device, rank, world
-        t = cfg.train
-        self.steps_per_epoch = len(train_rows) // t.batch_size
-        if self.steps_per_epoch == 0:
-            raise AlignkitError(f"{cfg.data.train}: {len(train_rows)} usable rows, fewer than "
-                                f"train.batch_size={t.batch_size}")
-        self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
-        self.step_tokens = 1
+        self.pad_id, self.total_steps = pad_id, total_steps
+        self.device, self.rank, self.world = run.device, run.rank, run.world
 
     def batches(self, step: int):
         t = self.cfg.train
-        chosen = [self.train_rows[i] for i in step_indices(len(self.train_rows), t.batch_size, t.seed, step)]
         # Every trained token of the step counts once, whichever process and micro-batch holds it.
-        self.step_tokens = sum(sum(m[1:]) for _, m in chosen)
-        per_rank = t.batch_size // self.world
-        mine = chosen[self.rank * per_rank : (self.rank + 1) * per_rank]
-        for s in range(0, len(mine), t.micro_batch_size):
-            part = mine[s : s + t.micro_batch_size]
+        step_tokens = sum(sum(self.train_rows[i][1][1:]) for i in step_indices(len(self.train_rows), t.batch_size,
+                                                                                t.seed, step))
+        for part in micro_batches(self.train_rows, t, step, self.rank, self.world):
             if self.cfg.data.packing:
-                yield _pack(part, self.pad_id, self.cfg.data.max_length)
+                yield SFTBatch(*_pack(part, self.pad_id, self.cfg.data.max_length), step_tokens)
             else:
-                yield _pad(part, self.pad_id)
+                yield SFTBatch(*pad(part, self.pad_id), None, step_tokens)
 
-    def _nll(self, model, batch):
-        input_ids, mask, *packed = (x.to(self.device) for x in batch)
-        position_ids = packed[0] if packed else None  # packed rows: positions restart per row
+    def _nll(self, model, batch: SFTBatch):
+        input_ids, mask = batch.input_ids.to(self.device), batch.mask.to(self.device)
+        position_ids = batch.position_ids.to(self.device) if batch.position_ids is not None else None
         logps = model(input_ids, mask, per_token=True, position_ids=position_ids)  # (B, T), 0 off trained tokens
         mask = mask.clone()
         mask[:, 0] = False  # the first token has no predictor
         return -(logps * mask).sum(), mask
 
-    def loss(self, model, batch):
+    def loss(self, model, batch: SFTBatch):
         nll, mask = self._nll(model, batch)
-        tokens = mask.sum()
-        metrics = {"loss": nll.detach(), "count": tokens.float(), "tokens": (batch[0] != self.pad_id).sum().float()}
-        return nll * self.world / self.step_tokens, metrics
+        metrics = {"loss": nll.detach(), "count": mask.sum().float(),
+                   "tokens": (batch.input_ids != self.pad_id).sum().float()}
+        return nll * self.world / batch.step_tokens, metrics
 
     def evaluate(self, model):
-        if not self.eval_rows:
-            return {}
-        mine = self.eval_rows[self.rank :: self.world]
-        total, count = torch.zeros(()), torch.zeros(())
-        for s in range(0, len(mine), self.cfg.train.eval_batch_size):
-            nll, mask = self._nll(model, _pad(mine[s : s + self.cfg.train.eval_batch_size], self.pad_id))
-            total, count = total + nll.cpu(), count + mask.sum().cpu()
-        return {"loss": total, "count": count}
+        def sums(chunk):
+            nll, mask = self._nll(model, SFTBatch(*pad(chunk, self.pad_id), None, 0))
+            return {"loss": nll, "count": mask.sum()}
+
+        return held_out_sums(self.eval_rows, self.cfg.train.eval_batch_size, self.rank, self.world, sums)
 
 
 def run(cfg: SFTConfig) -> Path:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from alignkit.models.load import add_lora, disable_dropout, load_model, load_tokenizer
-    from alignkit.models.logprobs import SequenceLogps
+    from alignkit.data.collate import total_steps
+    from alignkit.models.load import load_tokenizer
     from alignkit.train.loop import finish, train
+    from alignkit.train.setup import load_policy, start_run
 
-    t, d = cfg.train, cfg.data
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    accelerator = Accelerator()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if t.batch_size % (t.micro_batch_size * world):
-        raise AlignkitError(f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size="
-                            f"{t.micro_batch_size} x {world} processes")
-    set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        save_resolved(cfg, run_dir)
+    run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
+    cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     rows = load_rows(d.train, tokenizer, d.max_length, d.strict, d.split)
     if d.eval:
@@ -174,13 +145,9 @@ def run(cfg: SFTConfig) -> Path:
     else:
         train_rows, eval_rows = split_eval(rows, d.eval_fraction, t.seed)
     print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows")
-    model = load_model(cfg.model.path, cfg.model.dtype, cfg.model.trust_remote_code, cfg.model.allow_pickle)
-    disable_dropout(model)
-    if cfg.model.lora is not None:
-        model = add_lora(model, cfg.model.lora)
-    policy = SequenceLogps(model, t.logits_chunk, t.share_prompts).to(accelerator.device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    algo = SFT(cfg, train_rows, eval_rows, pad_id, accelerator.device, rank, world)
-    trained, history = train(algo, policy, t, accelerator, run_dir)
-    finish(trained.model, history, tokenizer, cfg, run_dir, accelerator, ("loss", "eval_loss"))
-    return run_dir
+    steps = total_steps(len(train_rows), t, d.train)
+    policy = load_policy(cfg, run)
+    algo = SFT(cfg, train_rows, eval_rows, tokenizer.pad_token_id, steps, run)
+    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("loss", "eval_loss"))
+    return run.run_dir

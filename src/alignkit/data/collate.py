@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass, replace
 
@@ -74,33 +75,60 @@ class PairBatch:
 
 
 def collate(pairs: list[TokenizedPair], pad_id: int) -> PairBatch:
-    seqs = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
-    width = max(len(a) + len(b) for a, b in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (prompt, response) in enumerate(seqs):
-        n = len(prompt) + len(response)
-        input_ids[i, :n] = torch.tensor(prompt + response)
-        mask[i, len(prompt):n] = True
+    """B pairs -> one (2B, T) batch: the B chosen sequences, then the B rejected ones."""
+    input_ids, mask = pad_rows([(p.prompt_ids, p.chosen_ids) for p in pairs]
+                               + [(p.prompt_ids, p.rejected_ids) for p in pairs], pad_id)
     return PairBatch(
         rows=[p.row for p in pairs],
         input_ids=input_ids,
         response_mask=mask,
         chosen_tokens=torch.tensor([float(len(p.chosen_ids)) for p in pairs]),
         rejected_tokens=torch.tensor([float(len(p.rejected_ids)) for p in pairs]),
-        tokens=sum(len(a) + len(b) for a, b in seqs),
+        tokens=sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs),
     )
+
+
+def pad(rows: list[tuple[list[int], list[bool]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids, trained mask) rows -> right-padded input_ids (N, T) and mask (N, T) bool: the one padding."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (ids, m) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, : len(m)] = torch.tensor(list(m), dtype=torch.bool)
+    return input_ids, mask
 
 
 def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt, response) token lists -> right-padded input_ids (N, T) and response mask (N, T)."""
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        ids[i, : len(p) + len(r)] = torch.tensor(list(p) + list(r))
-        mask[i, len(p) : len(p) + len(r)] = True
-    return ids, mask
+    return pad([(list(p) + list(r), [False] * len(p) + [True] * len(r)) for p, r in rows], pad_id)
+
+
+def total_steps(n: int, train, source: str) -> int:
+    """Optimizer steps of a run over n rows: train.max_steps, or train.epochs of n // train.batch_size steps."""
+    per_epoch = n // train.batch_size
+    if per_epoch == 0:
+        raise AlignkitError(f"{source}: {n} usable rows, fewer than train.batch_size={train.batch_size}")
+    return train.max_steps or math.ceil(train.epochs * per_epoch)
+
+
+def visited(n: int, batch_size: int, seed: int, steps: int) -> list[int]:
+    """Indices of the rows `steps` optimizer steps visit (all processes), in first-visit order."""
+    if steps > n // batch_size:  # later epochs reshuffle: any row may come up
+        return list(range(n))
+    seen: dict[int, None] = {}
+    for step in range(steps):
+        seen.update(dict.fromkeys(step_indices(n, batch_size, seed, step)))
+    return list(seen)
+
+
+def micro_batches(rows: list, train, step: int, rank: int, world: int):
+    """This process's micro-batches (lists of rows) of optimizer step `step`: its contiguous share of the step's
+    `train.batch_size` rows, in slices of `train.micro_batch_size`."""
+    per_rank = train.batch_size // world
+    chosen = step_indices(len(rows), train.batch_size, train.seed, step)[rank * per_rank : (rank + 1) * per_rank]
+    for s in range(0, len(chosen), train.micro_batch_size):
+        yield [rows[i] for i in chosen[s : s + train.micro_batch_size]]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

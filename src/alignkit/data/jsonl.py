@@ -1,5 +1,6 @@
-"""Append-only JSONL that survives crashes: each record is one write, flushed and fsynced; a torn last line
-(the process killed mid-write) is cut off when the file is opened again."""
+"""JSONL that survives crashes. Append-only logs: each record is one write, flushed and fsynced; a torn last line
+(the process killed mid-write) is cut off when the file is opened again. Whole files: written to a temporary
+file, fsynced, then renamed over the old one."""
 
 from __future__ import annotations
 
@@ -44,3 +45,15 @@ class AppendLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """The records as a whole new file, atomically: a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -117,7 +117,7 @@ def _number_as_text(value):
 def read_questions(file: str) -> list[dict]:
     """Rows as {row, question, choices, answer (index)}; a bad row is an error naming the file, row and field."""
     from alignkit.data.formats import read_rows
-    from alignkit.eval.judge import text_field
+    from alignkit.eval.answers import text_field
 
     path = Path(file)
     if not path.exists():
@@ -163,22 +163,12 @@ def tokenize_choices(tokenizer, question: str, choices: list[str]) -> list[tuple
     return [(prompt_ids, _encode(tokenizer, continuation.format(choice=c))) for c in choices]
 
 
-@torch.no_grad()
 def continuation_logps(model, pairs: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
-    """Summed log-probs of each continuation given its prompt; rows right-padded, one forward per batch."""
+    """Summed log-probs of each continuation given its prompt, `batch_size` rows a forward."""
     from alignkit.models.logprobs import SequenceLogps
+    from alignkit.models.reference import sequence_logps
 
-    scorer, device, out = SequenceLogps(model.eval()), _device(model), []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)  # (B, T), pad id irrelevant: masked, causal
-        response_mask = torch.zeros((len(chunk), width), dtype=torch.bool)  # (B, T)
-        for i, (p, c) in enumerate(chunk):
-            input_ids[i, :len(p) + len(c)] = torch.tensor(p + c)
-            response_mask[i, len(p):len(p) + len(c)] = True
-        out += scorer(input_ids.to(device), response_mask.to(device)).tolist()
-    return out
+    return sequence_logps(SequenceLogps(model.eval()), pairs, 0, batch_size, device=_device(model))
 
 
 def score_questions(model, tokenizer, questions: list[dict], batch_size: int) -> tuple[list[dict], dict]:

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 
 from alignkit import AlignkitError
-from alignkit.data.formats import read_rows
+from alignkit.eval.answers import collect_answers
+from alignkit.eval.judges import ask
 from alignkit.eval.metrics import bootstrap_interval, win_rate
-
-RETRY_TEMPERATURE = 0.7
 
 SYSTEM = {"en": "You are a helpful and impartial assistant.", "zh": "你是一个乐于助人且公正的助手。"}
 SINGLE = {
@@ -110,140 +109,6 @@ def outcome(verdict_first: str | None, verdict_swapped: str | None) -> str:
     first = {"A": "win", "B": "loss", "tie": "tie"}[verdict_first]
     swapped = {"B": "win", "A": "loss", "tie": "tie"}[verdict_swapped]
     return first if first == swapped else "tie"
-
-
-# --- judges --------------------------------------------------------------------------------------------------
-
-class EndpointJudge:
-    """A judge behind an OpenAI-compatible endpoint."""
-
-    def __init__(self, url: str, model: str, key_env: str, concurrency: int, max_tokens: int):
-        from alignkit.generation.openai_client import ChatClient
-
-        self.client, self.concurrency, self.max_tokens = ChatClient(url, model, key_env), concurrency, max_tokens
-        self.name = f"{model} at {url}"
-
-    def replies(self, conversations: list[list[dict]], attempt: int) -> list[str | None]:
-        from alignkit.generation.openai_client import in_parallel
-
-        params = {"temperature": 0.0 if attempt == 0 else RETRY_TEMPERATURE, "max_tokens": self.max_tokens}
-        if attempt:
-            params["seed"] = attempt
-        texts: list[str | None] = [None] * len(conversations)
-        for i, reply in in_parallel(lambda m: self.client.complete(m, **params), conversations, self.concurrency):
-            texts[i] = reply.text
-        return texts
-
-
-class LocalJudge:
-    """A local model as the judge, through alignkit's batched generation."""
-
-    def __init__(self, model_path: str, max_tokens: int, batch_size: int):
-        from alignkit.models.load import load_model, load_tokenizer
-
-        self.tokenizer, self.model = load_tokenizer(model_path), load_model(model_path).eval()
-        self.max_tokens, self.batch_size, self.name = max_tokens, batch_size, model_path
-
-    def replies(self, conversations: list[list[dict]], attempt: int) -> list[str | None]:
-        from alignkit.generation.sample import chat_prompt_ids, generate
-
-        prompts = [chat_prompt_ids(self.tokenizer, m) for m in conversations]
-        samples = generate(self.model, self.tokenizer, prompts, temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
-                           max_new_tokens=self.max_tokens, batch_size=self.batch_size, seed=attempt)
-        return [row[0].text for row in samples]
-
-
-def make_judge(url: str | None, model: str | None, key_env: str, local: str | None, concurrency: int,
-               max_tokens: int, batch_size: int):
-    if bool(url) == bool(local):
-        raise AlignkitError("give the judge as --judge-url URL --judge-model NAME, or as --judge-local MODEL")
-    if url:
-        if not model:
-            raise AlignkitError("--judge-url needs --judge-model (the model name at that endpoint)")
-        return EndpointJudge(url, model, key_env, concurrency, max_tokens)
-    return LocalJudge(local, max_tokens, batch_size)
-
-
-def ask(judge, conversations: list[list[dict]], parse, retries: int) -> list[tuple[str | None, object, int]]:
-    """(reply, parsed, attempts) per conversation; replies that do not parse are asked again up to `retries` times."""
-    results: list[tuple[str | None, object, int]] = [(None, None, 0)] * len(conversations)
-    todo = list(range(len(conversations)))
-    for attempt in range(retries + 1):
-        if not todo:
-            break
-        texts = judge.replies([conversations[i] for i in todo], attempt)
-        for i, text in zip(todo, texts):
-            results[i] = (text, parse(text), attempt + 1)
-        todo = [i for i in todo if results[i][1] is None]
-    return results
-
-
-# --- answers -------------------------------------------------------------------------------------------------
-
-def text_field(record: dict, names: tuple[str, ...], where: str, allow_empty: bool = False) -> str:
-    """The first of `names` present in a row, as text; an error naming the row and field otherwise."""
-    for name in names:
-        value = record.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise AlignkitError(f"{where}: field '{name}': expected text, got {type(value).__name__}")
-        if not allow_empty and not value.strip():
-            raise AlignkitError(f"{where}: field '{name}': empty")
-        return value
-    raise AlignkitError(f"{where}: field '{names[0]}': missing" + (f" (or '{names[1]}')" if len(names) > 1 else ""))
-
-
-def read_prompts(path: str) -> list[tuple[int, str, dict]]:
-    """(row number, prompt, record) for each row of a prompts or answers file; duplicate prompts are an error."""
-    rows, seen = [], {}
-    for number, record in read_rows(path):
-        prompt = text_field(record, ("prompt", "question"), f"{path}: row {number}")
-        if prompt in seen:
-            raise AlignkitError(f"{path}: row {number}: field 'prompt': duplicate of row {seen[prompt]}")
-        seen[prompt] = number
-        rows.append((number, prompt, record))
-    if not rows:
-        raise AlignkitError(f"{path}: no rows")
-    return rows
-
-
-def read_answers(path: str) -> dict[str, str]:
-    """prompt -> answer from a JSONL answers file (prompt/question and answer/response fields)."""
-    return {prompt: text_field(record, ("answer", "response"), f"{path}: row {number}", allow_empty=True)
-            for number, prompt, record in read_prompts(path)}
-
-
-def generate_answers(model_path: str, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers of a local model, each prompt asked as one user turn."""
-    from alignkit.generation.sample import chat_prompt_ids, generate
-    from alignkit.models.load import load_model, load_tokenizer
-
-    tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
-    ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
-    samples = generate(model, tokenizer, ids, n=1, temperature=0, max_new_tokens=max_new_tokens,
-                       batch_size=batch_size)
-    return [row[0].text for row in samples]
-
-
-def collect_answers(answers: list[str], models: list[str], prompts_file: str | None, max_new_tokens: int,
-                    batch_size: int) -> tuple[list[str], list[list[str]], list[str]]:
-    """(prompts, one answer list per side, side names) from answer files or from models run on a prompts file."""
-    if answers and models:
-        raise AlignkitError("give --answers files or --model models, not both")
-    if models:
-        if not prompts_file:
-            raise AlignkitError("--model needs --prompts (a JSONL file with a 'prompt' or 'question' field)")
-        prompts = [prompt for _, prompt, _ in read_prompts(prompts_file)]
-        return prompts, [generate_answers(m, prompts, max_new_tokens, batch_size) for m in models], list(models)
-    tables = [read_answers(path) for path in answers]
-    prompts = list(tables[0])
-    for path, table in zip(answers[1:], tables[1:]):
-        missing = [p for p in prompts if p not in table]
-        if missing:
-            raise AlignkitError(f"{path}: no answer for the prompt '{missing[0][:60]}' of {answers[0]} "
-                                f"({len(missing)} missing)")
-    return prompts, [[table[p] for p in prompts] for table in tables], list(answers)
 
 
 # --- the two modes -------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from alignkit import AlignkitError
-from alignkit.eval.judge import ask, generate_answers, read_prompts, text_field
+from alignkit.eval.answers import generate_answers, read_prompts, text_field
+from alignkit.eval.judges import ask
 
 OPENING = 300  # characters of an answer searched for refusal phrases
 

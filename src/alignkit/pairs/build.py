@@ -121,7 +121,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             if cfg.student.temperature == 1.0 and cfg.student.top_p == 1.0:
                 # Samples from the model's own distribution: their recorded log-probs are the model's
                 # log-probs of the rejected response, which `alignkit dpo` can use as reference.
-                from alignkit.algos.logps import model_fingerprint
+                from alignkit.models.reference import model_fingerprint
 
                 sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
         for start in range(0, len(todo), cfg.chunk):

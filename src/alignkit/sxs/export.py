@@ -19,10 +19,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from alignkit import AlignkitError
-from alignkit.eval.metrics import bootstrap_interval
-from alignkit.eval.sxs_stats import SCORES, win_rate
+from alignkit.eval.metrics import bootstrap_interval, win_rate
 from alignkit.sxs.items import load_items
 from alignkit.sxs.store import LabelStore
+
+
+# A label's score from one model's point of view: the mean is its win rate, and the bootstrap resamples these.
+SCORES = {"win": 1.0, "tie": 0.5, "both_bad": 0.5, "loss": 0.0}
 
 
 def _outcome(label: dict, model: str) -> str:
@@ -45,7 +48,7 @@ def comparisons(labels: list[dict], n_boot: int = 2000, seed: int = 0) -> list[d
         low, high = bootstrap_interval(scores, n_boot, seed=seed, groups=[label["pair_id"] for label in group])
         out.append({"model": model, "opponent": opponent, "labels": len(group), "items": len({
             label["pair_id"] for label in group}), "wins": counts["win"], "losses": counts["loss"],
-            "ties": counts["tie"], "both_bad": counts["both_bad"], "win_rate": round(win_rate(scores), 4),
+            "ties": counts["tie"], "both_bad": counts["both_bad"], "win_rate": round(win_rate(counts["win"], counts["tie"] + counts["both_bad"], counts["loss"]), 4),
             "ci95": [round(low, 4), round(high, 4)]})
     return out
 

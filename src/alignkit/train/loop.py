@@ -79,6 +79,8 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
             model.train()
             sums: dict[str, torch.Tensor] = {}
             micro = list(algo.batches(step))
+            if accelerator.num_processes > 1:  # all update or none: a process that skipped would leave the
+                _check_all_or_none(step, bool(micro), accelerator)  # others waiting in the gradient all-reduce
             if not micro:  # nothing to learn from this step (say, dynamic sampling found no usable group)
                 log.info("step %d: no batch to train on; no update", step + 1)
                 metrics = {"skipped": 1.0, **(algo.idle_metrics() if hasattr(algo, "idle_metrics") else {}),
@@ -94,7 +96,8 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    loss, m = algo.loss(model, batch)
+                    with accelerator.autocast():  # the run's precision, whichever submodules `loss` calls
+                        loss, m = algo.loss(model, batch)
                     accelerator.backward(loss)
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0) + v.detach()
@@ -126,10 +129,35 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
     return accelerator.unwrap_model(model), history
 
 
+def held_out_sums(rows: list, batch_size: int, rank: int, world: int, metrics_of) -> dict[str, torch.Tensor]:
+    """Metric sums over this process's share of held-out `rows`: `metrics_of(chunk)` for each chunk of batch_size."""
+    mine = rows[rank::world]
+    sums: dict[str, torch.Tensor] = {}
+    for s in range(0, len(mine), batch_size):
+        for k, v in metrics_of(mine[s : s + batch_size]).items():
+            sums[k] = sums.get(k, 0) + v
+    return sums
+
+
+def _check_all_or_none(step: int, has_batch: bool, accelerator) -> None:
+    from alignkit import AlignkitError
+
+    have = int(accelerator.reduce(torch.tensor(float(has_batch), device=accelerator.device), reduction="sum"))
+    if 0 < have < accelerator.num_processes:
+        raise AlignkitError(f"step {step + 1}: {accelerator.num_processes - have} of {accelerator.num_processes} "
+                            "processes have no micro-batch while the others do (the algorithm must give every "
+                            "process one, a zero-weight one if need be)")
+
+
 def evaluate(algo: Algorithm, model, accelerator) -> dict[str, float]:
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         sums = algo.evaluate(model)
+    if accelerator.num_processes > 1:  # a process with no held-out row still joins the reduction, with zeros
+        from accelerate.utils import gather_object
+
+        names = sorted(set().union(*gather_object([sorted(sums)])))
+        sums = {n: sums.get(n, torch.zeros(())) for n in names}
     return {f"eval_{k}": v for k, v in reduce_metrics(sums, accelerator).items()}
 
 

@@ -1,0 +1,146 @@
+"""Where every training command starts: start a run, then load the policy it trains.
+
+    run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
+    policy = load_policy(cfg, run)          # model, dropout off, LoRA, the log-prob wrapper on run.device
+    ... build the algorithm, then train.loop.train(algo, policy.module, cfg.train, run.accelerator, run.run_dir)
+
+`start_run` owns what must mean the same in every command: threads, the compute precision (`train.bf16` is bf16
+autocast wherever the hardware computes bf16 natively, float32 with a warning elsewhere), the batch-size checks
+against the number of processes, the seed, the run directory and its resolved config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from alignkit import AlignkitError
+from alignkit.config import save_resolved
+from alignkit.models.load import add_lora, bf16_is_fast, disable_dropout, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: Any  # the resolved config the run uses (train.bf16 off where the hardware has no native bf16)
+    accelerator: Any
+    run_dir: Path
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def autocast(self):
+        """The run's compute precision for passes outside the prepared model (sampling, reference, rollouts)."""
+        return self.accelerator.autocast() if self.cfg.train.bf16 else contextlib.nullcontext()
+
+    def sum_over_processes(self, values: list[float]) -> list[float]:
+        """Element-wise sums over every process (the values themselves in a single process)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        return self.accelerator.reduce(t, reduction="sum").tolist()
+
+
+def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | None = None) -> Run:
+    """The accelerator (with the configured precision), threads, checks, seed, run directory and resolved config.
+
+    unit: (n, key) when train.batch_size must split into n-sized pieces on every process.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.bf16 and not bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu"):
+        log.warning("train.bf16: this processor has no native bf16 (AVX512-BF16/AMX); computing in float32")
+        cfg = cfg.model_copy(update={"train": t.model_copy(update={"bf16": False})})
+        t = cfg.train
+    # Launched as several processes (torchrun, accelerate launch) on a machine without a GPU: Accelerate sees the
+    # processes only when told to run on the CPU; otherwise each would train alone on the whole batch.
+    on_cpus = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # Each run in a process (a pipeline's stages, a notebook) sets its own precision; the processes stay as they are.
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no", cpu=on_cpus)
+    world = accelerator.num_processes
+    if max_processes is not None and world > max_processes:
+        raise AlignkitError(f"this command runs in at most {max_processes} process(es); launch it without "
+                            f"accelerate/torchrun (got {world})")
+    if unit is not None and t.batch_size % (unit[0] * world):
+        raise AlignkitError(f"train.batch_size={t.batch_size} is not a multiple of {unit[1]}={unit[0]} "
+                            f"x {world} processes")
+    set_seed(t.seed)
+    run_dir = Path(t.output_dir)
+    if accelerator.is_main_process:
+        save_resolved(cfg, run_dir)
+        print(f"run: {run_dir}, {world} process(es) on {accelerator.device.type}, "
+              f"{'bf16 autocast' if t.bf16 else 'float32'} compute")
+    return Run(cfg, accelerator, run_dir)
+
+
+@dataclass
+class Policy:
+    model: nn.Module  # the transformers model (a peft model when LoRA is on)
+    module: nn.Module  # what the loop trains: SequenceLogps(model), or ScalarHead(model) for a reward model
+
+    @property
+    def lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def adapter_off(self):
+        """The initial policy, for a LoRA run: its adapter disabled (a no-op without one)."""
+        return self.model.disable_adapter() if self.lora else contextlib.nullcontext()
+
+
+def load_policy(cfg, run: Run, head: str = "logps", before_adapter: Callable[[nn.Module], None] | None = None
+                ) -> Policy:
+    """The model with dropout off and LoRA when configured, wrapped for the loop and moved to the run's device.
+
+    before_adapter(model) sees the plain initial model before LoRA goes on (the reference takes its frozen
+    copy or its fingerprint there)."""
+    from alignkit.models.heads import ScalarHead
+    from alignkit.models.logprobs import SequenceLogps
+
+    m, t = cfg.model, cfg.train
+    model = load_model(m.path, m.dtype, m.trust_remote_code, m.allow_pickle)
+    disable_dropout(model)
+    if before_adapter is not None:
+        before_adapter(model)
+    if m.lora is not None:
+        model = add_lora(model, m.lora)
+    module = ScalarHead(model) if head == "scalar" else SequenceLogps(model, t.logits_chunk, t.share_prompts)
+    return Policy(model, module.to(run.device))
+
+
+def load_task(cfg, run):
+    """An RL command's prompts: (items, their rendered chat prompts as token ids, the rewards, the tokenizer)."""
+    from alignkit.data.chat import chat_prompt_ids
+    from alignkit.models.load import load_tokenizer
+    from alignkit.rewards import Rewards
+    from alignkit.tasks import make_task, task_items
+
+    task = make_task(cfg.task)
+    items = task_items(task, cfg.task)
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    rewards = Rewards(cfg.rewards, task, tokenizer, run.device)
+    prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
+    print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
+    return items, prompt_ids, rewards, tokenizer
