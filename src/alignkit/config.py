@@ -140,7 +140,28 @@ class TaskConfig(Strict):
         return data
 
 
-class StudentConfig(Strict):
+class EngineConfig(Strict):
+    """Where samples come from: alignkit's own sampler, or vLLM servers (docs/engines.md)."""
+
+    backend: Literal["local", "vllm"] = "local"
+    engine_urls: list[str] = Field(default_factory=list)  # running vLLM servers, requests spread over them
+    # or one alignkit starts (and stops): '{port}' becomes a free port, '{model}' the policy's model directory
+    engine_command: str | None = None
+    startup_timeout: float = Field(300.0, gt=0)  # seconds for a started engine to answer
+    engine_timeout: float = Field(300.0, gt=0)  # seconds for one generation request
+    sync_timeout: float = Field(120.0, gt=0)  # seconds for one weight sync, checks included
+    sync_dir: str | None = None  # where weights are written for the engines to read (default: a RAM-backed dir)
+
+    @model_validator(mode="after")
+    def _engines(self):
+        if self.backend == "vllm" and not (self.engine_urls or self.engine_command):
+            raise ValueError("backend vllm needs engine_urls (running servers) or engine_command (one to start)")
+        if self.backend == "local" and (self.engine_urls or self.engine_command):
+            raise ValueError("engine_urls / engine_command are given but backend is local; set backend: vllm")
+        return self
+
+
+class StudentConfig(EngineConfig):
     model: str = "smollm2-135m-instruct"
     samples: int = Field(4, gt=0)  # k answers per question
     temperature: float = Field(1.0, ge=0)
@@ -300,12 +321,14 @@ class GRPOLossConfig(Strict):
     overlong_penalty: float = Field(1.0, ge=0)
 
 
-class GenerationConfig(Strict):
+class GenerationConfig(EngineConfig):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(64, gt=0)  # completions per generation batch
     log_rollouts: bool = False  # append every completion, its reward and advantage to <output_dir>/rollouts.jsonl
+    # Truncated importance sampling: weight each token's policy loss by min(π_trainer / π_sampler, tis_cap)
+    tis_cap: float | None = Field(None, gt=0)
 
 
 class GRPOTrainConfig(TrainConfig):

@@ -116,3 +116,16 @@ def test_dual_clip():
     assert plain == pytest.approx([1.5, 4.0, 8.0, -1.28], abs=1e-12)
     with pytest.raises(ValueError, match="greater than 1"):
         _run([1.0], [1.0], dual_clip=1.0)
+
+
+def test_truncated_is_weights_by_hand():
+    """π_old / π_sampler = e^{log ratio}: ratios 0.5, 1, 1.5, 4 with cap 2 give 0.5, 1, 1.5, 2 (truncated); the
+    weights carry no gradient, and a masked position (log ratio 0) weighs 1."""
+    from alignkit.losses.policy import truncated_is_weights
+
+    log_ratio = torch.tensor([[math.log(0.5), 0.0, math.log(1.5), math.log(4.0)]], requires_grad=True)
+    w = truncated_is_weights(log_ratio, cap=2.0)
+    assert w[0].tolist() == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert not w.requires_grad
+    with pytest.raises(ValueError):
+        truncated_is_weights(log_ratio, cap=0.0)

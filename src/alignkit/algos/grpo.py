@@ -28,6 +28,14 @@ Departures from the papers and from TRL:
   loads none.
 - On resume, the generation round of the resumed step is sampled again by the restored policy.
 
+Sampling goes through a rollout backend (`generation.backend`): alignkit's own sampler on the policy, or vLLM
+engines reached over HTTP (docs/engines.md). Before each round the sampler is given the policy's current weights
+(LoRA adapter or full weights) and checked (weight version, log-prob probe); a dead or stuck engine is an error
+naming the engine and the step, and a rerun resumes from the last checkpoint. Every step logs the
+sampler–trainer mismatch, |log π_old − log π_sampler| per token (`sampler/logp_diff_mean`, `_max`). With
+`generation.tis_cap: C`, each token's policy loss is weighted by min(π_old / π_sampler, C), truncated importance
+sampling (Yao et al. 2025; TRL's `vllm_importance_sampling_correction`), which corrects an inexact sampler.
+
 Several processes: each samples, scores and filters its own share of the round's prompts (groups stay whole
 inside one process, so advantages need no communication); the counts that decide refills and the loss's
 normalisers (completions, response tokens, trained rows of the step) are summed over processes, so every
@@ -43,16 +51,18 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from alignkit import AlignkitError
 from alignkit.config import GRPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import group_advantages
 from alignkit.losses.kl import k3
-from alignkit.losses.policy import clipped_policy_loss
+from alignkit.losses.policy import clipped_policy_loss, truncated_is_weights
 from alignkit.losses.reduce import aggregate
 from alignkit.losses.shaping import overlong_penalty
 
@@ -66,6 +76,7 @@ class GRPOBatch:
     advantages: torch.Tensor  # (b,)
     old_logps: torch.Tensor | None  # (b, T) per token; None when on-policy (μ = 1)
     ref_logps: torch.Tensor | None  # (b, T) per token; None when β = 0
+    sampler_logps: torch.Tensor  # (b, T) the sampler's own log-probs of the tokens (engine or local)
     weight: float  # 1, or 0 for a stand-in row on a process with nothing to train
     step_rows: int  # completions of the round, all processes (sequence-mean normaliser)
     step_tokens: int  # their response tokens (token-mean normaliser)
@@ -82,6 +93,7 @@ class Rollout:
     advantages: torch.Tensor  # (N,)
     old_logps: torch.Tensor | None
     ref_logps: torch.Tensor | None
+    sampler_logps: torch.Tensor  # (N, T)
     useful: list[int]  # rows that go through the model: non-zero advantage, or every row when β > 0
     step_rows: int
     step_tokens: int
@@ -92,19 +104,22 @@ class Rollout:
         idx = torch.tensor(rows)
         pick = (lambda x: x[idx] if x is not None else None)
         return GRPOBatch(self.input_ids[idx], self.response_mask[idx], self.advantages[idx], pick(self.old_logps),
-                         pick(self.ref_logps), 1.0, self.step_rows, self.step_tokens, self.trained_rows, self.stats)
+                         pick(self.ref_logps), self.sampler_logps[idx], 1.0, self.step_rows, self.step_tokens,
+                         self.trained_rows, self.stats)
 
 
 class GRPO:
     """The GRPO / DAPO algorithm for `train.loop.train`.
 
     policy: `train.setup.Policy`; reference: a `models.reference.ModelReference` or None (β = 0);
-    old_policy: the same over the policy itself, for μ > 1."""
+    old_policy: the same over the policy itself, for μ > 1; backend: a `generation.rollout` backend."""
 
-    def __init__(self, cfg: GRPOConfig, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run):
+    def __init__(self, cfg: GRPOConfig, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run,
+                 backend=None):
         self.cfg, self.items, self.prompt_ids, self.rewards = cfg, items, prompt_ids, rewards
         self.policy, self.tokenizer, self.reference, self.old_policy, self.run = (policy, tokenizer, reference,
                                                                                   old_policy, run)
+        self.backend = backend
         g, t = cfg.grpo, cfg.train
         self.prompts_per_step = t.batch_size // g.group_size
         rounds = math.ceil(t.epochs * len(items) / self.prompts_per_step)
@@ -123,15 +138,36 @@ class GRPO:
 
     @torch.no_grad()
     def _sample(self, chosen: list[int], round_index: int, attempt: int):
-        from alignkit.generation.sample import generate
-        from alignkit.models.logprobs import base_model
-
         gen = self.cfg.generation
-        with self.run.autocast():
-            return generate(base_model(self.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen],
-                            n=self.cfg.grpo.group_size, temperature=gen.temperature, top_p=gen.top_p,
-                            max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size, prompt_keys=chosen,
-                            seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + attempt)  # fresh noise
+        with self.run.autocast():  # the local sampler computes in the run's precision
+            return self.backend.generate([self.prompt_ids[i] for i in chosen], n=self.cfg.grpo.group_size,
+                                         temperature=gen.temperature, top_p=gen.top_p,
+                                         max_new_tokens=gen.max_new_tokens, prompt_keys=chosen,
+                                         seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + attempt)
+
+    def _sync(self) -> dict[str, float]:
+        """Make the sampler serve the policy's current weights before a round (the first round too: a resumed run,
+        or an engine that served something else). One process pushes; the others adopt its report."""
+        report = error = None
+        if self.run.rank == 0:
+            try:
+                report = self.backend.sync(self.policy.model)
+            except AlignkitError as e:
+                error = str(e)
+        if self.run.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [(report, error)]
+            broadcast_object_list(box, from_process=0)
+            report, error = box[0]
+            if error is None and self.run.rank:
+                self.backend.adopt(report)
+        if error is not None:
+            raise AlignkitError(error)
+        out = {"weight_version": float(report.version), "sync_seconds": report.seconds}
+        if report.probe_max_abs_diff is not None:
+            out["sync_probe_max_diff"] = report.probe_max_abs_diff
+        return out
 
     def _score(self, chosen: list[int], samples) -> tuple[list[float], dict[str, float]]:
         """One reward per completion (rewards, weighted, plus overlong shaping), and each reward's sum."""
@@ -164,18 +200,23 @@ class GRPO:
         while kept_all < want and attempts < (g.max_generation_rounds if g.dynamic_sampling else 1):
             attempts += 1
             mine = self._draw(want - kept_all)[run.rank :: run.world]
-            now = []
-            if mine:
-                samples = self._sample(mine, round_index, attempts)
-                scores, parts = self._score(mine, samples)
-                flat = [s for group in samples for s in group]
-                for k, v in {**parts, "reward": sum(scores), "reward_sq": sum(x * x for x in scores),
-                             "completions": len(scores), "length": sum(len(s.token_ids) for s in flat),
-                             "unfinished": sum(not s.finished for s in flat)}.items():
-                    sums[k] += v
-                now = self._filter(mine, samples, scores)
-                kept += now
-            now_kept, now_dropped = run.sum_over_processes([len(now), len(mine) - len(now)])
+            now, error = [], None
+            try:
+                if mine:
+                    samples = self._sample(mine, round_index, attempts)
+                    scores, parts = self._score(mine, samples)
+                    flat = [s for group in samples for s in group]
+                    for k, v in {**parts, "reward": sum(scores), "reward_sq": sum(x * x for x in scores),
+                                 "completions": len(scores), "length": sum(len(s.token_ids) for s in flat),
+                                 "unfinished": sum(not s.finished for s in flat)}.items():
+                        sums[k] += v
+                    now = self._filter(mine, samples, scores)
+                    kept += now
+            except AlignkitError as e:  # every process learns of it in the sum below, so none waits forever
+                error = str(e)
+            now_kept, now_dropped, failed = run.sum_over_processes([len(now), len(mine) - len(now), error is not None])
+            if failed:
+                raise AlignkitError(error or f"{int(failed)} other process(es) failed while generating")
             kept_all, dropped_all = kept_all + int(now_kept), dropped_all + int(now_dropped)
         if g.dynamic_sampling and run.accelerator.is_main_process:
             line = (f"dynamic sampling, step {round_index * g.iterations + 1}: kept {kept_all}/{want} groups, "
@@ -191,7 +232,15 @@ class GRPO:
         """One generation round: fill, then advantages within each group, the step's normalisers summed over
         processes, and the old-policy and reference log-probs the loss needs."""
         g, run = self.cfg.grpo, self.run
-        kept, sums, dropped, attempts = self._fill(round_index)
+        step = round_index * g.iterations + 1
+        try:
+            synced = self._sync()
+            started = time.perf_counter()
+            kept, sums, dropped, attempts = self._fill(round_index)
+            synced["generation_seconds"] = time.perf_counter() - started  # sampling and scoring, refills included
+        except AlignkitError as e:
+            raise AlignkitError(f"step {step}: {e}; rerun the same command to resume from the last checkpoint") \
+                from None
         rows = [(list(self.prompt_ids[i]), s.token_ids) for i, group, _ in kept for s in group]
         if rows:
             input_ids, mask = pad_rows(rows, self.pad_id)
@@ -200,16 +249,19 @@ class GRPO:
         else:
             input_ids, mask, advantages = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool), \
                 torch.zeros(0)
+        sampler = torch.zeros(mask.shape)  # (N, T): the sampler's log-prob of each response token
+        sampler[mask] = torch.tensor([lp for *_, group, _ in kept for s in group for lp in s.logps])
         useful = [i for i in range(len(rows)) if g.beta > 0 or float(advantages[i]) != 0.0]
         names = sorted(sums)
         values = run.sum_over_processes([sums[k] for k in names] + [len(rows), float(mask.sum()), len(useful)])
         step_rows, step_tokens, trained_rows = (int(v) for v in values[len(names):])
-        stats = self._stats(dict(zip(names, values)), dropped, attempts)
+        stats = {**self._stats(dict(zip(names, values)), dropped, attempts), **synced}
         old = self.old_policy.per_token(input_ids, mask) if g.iterations > 1 and rows else None
         ref = self.reference.per_token(input_ids, mask) if self.reference is not None and rows else None
         if self.cfg.generation.log_rollouts:
             self._log(round_index, kept, advantages)
-        return Rollout(input_ids, mask, advantages, old, ref, useful, step_rows, step_tokens, trained_rows, stats)
+        return Rollout(input_ids, mask, advantages, old, ref, sampler, useful, step_rows, step_tokens, trained_rows,
+                       stats)
 
     @staticmethod
     def _stats(totals: dict[str, float], dropped: int, attempts: int) -> dict[str, float]:
@@ -240,8 +292,8 @@ class GRPO:
             return  # no row of any process carries signal: every process skips the update
         if not r.useful:  # others train: join their all-reduce with a row that weighs nothing
             ids, mask = pad_rows([([self.pad_id], [self.pad_id])], self.pad_id)
-            yield GRPOBatch(ids, mask, torch.zeros(1), None, None, 0.0, r.step_rows, r.step_tokens, r.trained_rows,
-                            r.stats)
+            yield GRPOBatch(ids, mask, torch.zeros(1), None, None, torch.zeros(mask.shape), 0.0, r.step_rows,
+                            r.step_tokens, r.trained_rows, r.stats)
             return
         mb = self.cfg.train.micro_batch_size
         for s in range(0, len(r.useful), mb):
@@ -253,6 +305,10 @@ class GRPO:
         logps = model(ids, mask, per_token=True)  # (b, T)
         old = b.old_logps.to(device) if b.old_logps is not None else logps.detach()
         per_token, stats = clipped_policy_loss(logps, old, b.advantages.to(device), mask, g.eps_low, g.eps_high)
+        # Sampler–trainer mismatch: log π_old − log π_sampler on the same tokens (0 for an exact sampler).
+        mismatch = torch.where(mask, old - b.sampler_logps.to(device), 0.0)  # (b, T)
+        if self.cfg.generation.tis_cap is not None:  # truncated importance sampling (see the header)
+            per_token = per_token * truncated_is_weights(mismatch, self.cfg.generation.tis_cap)
         kl = None
         if b.ref_logps is not None:
             kl = torch.where(mask, k3(logps, b.ref_logps.to(device)), 0.0)
@@ -269,6 +325,8 @@ class GRPO:
                    "loss": loss.detach() * b.trained_rows / self.run.world, **{k: v * n for k, v in stats.items()}}
         if kl is not None:
             metrics["kl"] = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().detach()
+        metrics["sampler/logp_diff_mean"] = (mismatch.abs().sum(1) / mask.sum(1).clamp(min=1)).sum() * b.weight
+        metrics["sampler/logp_diff_max"] = mismatch.abs().max() * b.weight  # "_max": the loop takes the max
         for k, v in b.stats.items():
             metrics[k] = torch.tensor(v) * n
         return loss, metrics
@@ -284,7 +342,7 @@ class GRPO:
 def run(cfg: GRPOConfig) -> Path:
     from alignkit.models import reference as ref
     from alignkit.train.loop import finish, train
-    from alignkit.train.setup import load_policy, load_task, start_run
+    from alignkit.train.setup import load_policy, load_task, open_sampler, start_run
 
     run = start_run(cfg, unit=(cfg.grpo.group_size, "grpo.group_size"))
     cfg, t, g = run.cfg, run.cfg.train, run.cfg.grpo
@@ -295,10 +353,14 @@ def run(cfg: GRPOConfig) -> Path:
     policy = load_policy(cfg, run, before_adapter=snapshot)
     reference = ref.model_reference(mode, snapshot, policy, run, t.micro_batch_size) if mode != "none" else None
     old_policy = ref.ModelReference(policy.module, autocast=run.autocast, micro_batch_size=t.micro_batch_size)
-    algo = GRPO(cfg, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run)
-    kind = {"none": "none (beta = 0)", "adapter": "adapter off", "copy": "frozen copy"}[mode]
-    print(f"{cfg.preset}: {algo.total_steps} steps of {algo.prompts_per_step} prompts x {g.group_size} completions; "
-          f"reference: {kind}")
-    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    backend = open_sampler(cfg, run, tokenizer, policy)
+    try:
+        algo = GRPO(cfg, items, prompt_ids, rewards, policy, tokenizer, reference, old_policy, run, backend)
+        kind = {"none": "none (beta = 0)", "adapter": "adapter off", "copy": "frozen copy"}[mode]
+        print(f"{cfg.preset}: {algo.total_steps} steps of {algo.prompts_per_step} prompts x {g.group_size} "
+              f"completions; reference: {kind}; sampler: {backend.name}")
+        trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    finally:
+        backend.close()
     finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("reward", "kl", "completion_length"))
     return run.run_dir

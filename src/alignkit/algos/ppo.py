@@ -13,6 +13,11 @@ advantages (whitened) and returns. Then `ppo.epochs` passes over the rollout in 
 both as token means over the minibatch. V_t is read from the hidden state before token t, like the logits
 that predict it.
 
+Rollouts come from the rollout backend (`generation.backend`: the local sampler, or vLLM engines), given the
+policy's weights before each rollout; the sampler–trainer mismatch |log π_old − log π_sampler| is logged per
+rollout, and `generation.tis_cap` weights the policy loss by min(π_old / π_sampler, C) (truncated importance
+sampling, as in GRPO).
+
 Departures: the critic is its own model (a decoder + scalar head, LoRA by default when the policy uses
 LoRA), started from the reward model when one is given (as OpenRLHF does), else from the policy's weights.
 `entropy` is logged as the mean negative log-prob of the sampled tokens (a Monte Carlo estimate).
@@ -37,7 +42,7 @@ from alignkit.config import PPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
 from alignkit.losses.advantages import gae
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, k1, kl_shaped_rewards
-from alignkit.losses.policy import clipped_policy_loss
+from alignkit.losses.policy import clipped_policy_loss, truncated_is_weights
 from alignkit.losses.reduce import masked_mean, whiten
 from alignkit.losses.shaping import no_eos_penalty
 from alignkit.losses.value import clipped_value_loss
@@ -64,6 +69,7 @@ class Rollout:
     old_values: torch.Tensor  # (N, T)
     advantages: torch.Tensor  # (N, T)
     returns: torch.Tensor  # (N, T)
+    sampler_logps: torch.Tensor  # (N, T) the sampler's own log-probs of the response tokens
     stats: dict[str, float]
 
 
@@ -77,6 +83,7 @@ class PPOBatch:
     old_values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    sampler_logps: torch.Tensor
     step_rows: int  # sequences of the minibatch
     step_tokens: int  # their response tokens: the token-mean normaliser
     stats: dict[str, float]  # the rollout's
@@ -84,9 +91,10 @@ class PPOBatch:
 
 class PPO:
     def __init__(self, cfg: PPOConfig, items, prompt_ids, rewards, actor_critic: ActorCritic, tokenizer, reference,
-                 run):
+                 run, backend=None):
         self.cfg, self.items, self.prompt_ids, self.rewards = cfg, items, prompt_ids, rewards
         self.ac, self.tokenizer, self.reference, self.run = actor_critic, tokenizer, reference, run
+        self.backend = backend  # a generation.rollout backend
         p, t = cfg.ppo, cfg.train
         self.minibatches = p.rollout_prompts // t.batch_size
         self.steps_per_rollout = p.epochs * self.minibatches
@@ -107,21 +115,34 @@ class PPO:
                 parts.append((fn(ids) if mask is None else fn(ids, mask[s : s + mb].to(device))).float())
         return torch.cat(parts).cpu()
 
+    def _sample(self, rollout_index: int, chosen: list[int]):
+        """The policy's current weights to the sampler, then one completion per prompt; an engine failure names
+        the step."""
+        from alignkit import AlignkitError
+
+        gen = self.cfg.generation
+        try:
+            report = self.backend.sync(self.ac.policy.model)
+            with self.run.autocast():
+                samples = self.backend.generate([self.prompt_ids[i] for i in chosen], n=1, temperature=gen.temperature,
+                                                top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, prompt_keys=chosen,
+                                                seed=self.cfg.train.seed * 1_000_003 + rollout_index)
+        except AlignkitError as e:
+            raise AlignkitError(f"step {rollout_index * self.steps_per_rollout + 1}: {e}; rerun the same command to "
+                                "resume from the last checkpoint") from None
+        synced = {"weight_version": float(report.version), "sync_seconds": report.seconds}
+        if report.probe_max_abs_diff is not None:
+            synced["sync_probe_max_diff"] = report.probe_max_abs_diff
+        return [g[0] for g in samples], synced
+
     @torch.no_grad()
     def _collect(self, rollout_index: int) -> Rollout:
-        from alignkit.generation.sample import generate
-        from alignkit.models.logprobs import base_model
-
-        p, gen = self.cfg.ppo, self.cfg.generation
+        p = self.cfg.ppo
         chosen = stream_indices(rollout_index * p.rollout_prompts, p.rollout_prompts, len(self.items),
                                 self.cfg.train.seed)
         was = self.ac.training
         self.ac.eval()
-        with self.run.autocast():
-            samples = [g[0] for g in generate(
-                base_model(self.ac.policy.model), self.tokenizer, [self.prompt_ids[i] for i in chosen], n=1,
-                temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
-                seed=self.cfg.train.seed * 1_000_003 + rollout_index, batch_size=gen.batch_size, prompt_keys=chosen)]
+        samples, synced = self._sample(rollout_index, chosen)
         sequences = [(self.prompt_ids[i], s.token_ids) for i, s in zip(chosen, samples)]
         scores, parts = self.rewards([self.items[i] for i in chosen], [s.text for s in samples], sequences,
                                      self.pad_id)
@@ -134,6 +155,9 @@ class PPO:
         ref = self.reference.per_token(input_ids, mask).cpu()
         values = self._per_rows(self.ac.values, input_ids) * mask
         self.ac.train(was)
+        sampler = torch.zeros(mask.shape)  # (N, T)
+        sampler[mask] = torch.tensor([lp for s in samples for lp in s.logps])
+        mismatch = ((logps - sampler) * mask).abs()  # |log π_old − log π_sampler| per response token
         rewards = kl_shaped_rewards(scores, logps, ref, mask, self.kl_ctl.value)  # (N, T)
         advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
         if p.whiten_advantages:
@@ -146,11 +170,13 @@ class PPO:
                  "kl": float(kl_per_seq.mean()), "kl_coef": self.kl_ctl.value,
                  "response_length": float(lengths.mean()), "unfinished_fraction": float((~finished).float().mean()),
                  "entropy": float(-(logps * mask).sum() / mask.sum()),
-                 "explained_variance": float(explained) if float(var_returns) > 0 else 0.0, **parts}
+                 "explained_variance": float(explained) if float(var_returns) > 0 else 0.0,
+                 "sampler/logp_diff_mean": float(mismatch.sum() / mask.sum()),
+                 "sampler/logp_diff_max": float(mismatch.max()), **synced, **parts}
         self.kl_ctl.update(stats["kl"], len(chosen))
         if self.cfg.generation.log_rollouts:
             self._log(rollout_index, chosen, samples, scores, advantages, values, mask)
-        return Rollout(input_ids, mask, logps, values, advantages, returns, stats)
+        return Rollout(input_ids, mask, logps, values, advantages, returns, sampler, stats)
 
     def _log(self, rollout_index: int, chosen, samples, scores, advantages, values, mask) -> None:
         """rollouts.jsonl: each completion with its score, per-token values and advantages (one write per rollout)."""
@@ -176,7 +202,7 @@ class PPO:
         for s in range(0, len(rows), t.micro_batch_size):
             idx = torch.tensor(rows[s : s + t.micro_batch_size])
             yield PPOBatch(r.input_ids[idx], r.mask[idx], r.old_logps[idx], r.old_values[idx], r.advantages[idx],
-                           r.returns[idx], len(rows), step_tokens, r.stats)
+                           r.returns[idx], r.sampler_logps[idx], len(rows), step_tokens, r.stats)
 
     def loss(self, model, b: PPOBatch):
         p, device = self.cfg.ppo, self.run.device
@@ -184,6 +210,9 @@ class PPO:
         logps = model.policy(ids, mask, per_token=True)
         values = model.values(ids)
         pg, pg_stats = clipped_policy_loss(logps, b.old_logps.to(device), b.advantages.to(device), mask, p.eps)
+        if self.cfg.generation.tis_cap is not None:  # truncated importance sampling (losses/policy.py)
+            pg = pg * truncated_is_weights(torch.where(mask, (b.old_logps - b.sampler_logps).to(device), 0.0),
+                                           self.cfg.generation.tis_cap)
         vf, vf_stats = clipped_value_loss(values, b.old_values.to(device), b.returns.to(device), mask, p.value_clip)
         per_token = pg + p.vf_coef * vf
         loss = (per_token * mask).sum() / b.step_tokens  # token mean over the minibatch
@@ -207,7 +236,7 @@ def run(cfg: PPOConfig) -> Path:
     from alignkit.models.heads import ScalarHead, load_scalar_model, save_scalar_model
     from alignkit.models.load import add_lora, disable_dropout
     from alignkit.train.loop import finish, train
-    from alignkit.train.setup import load_policy, load_task, start_run
+    from alignkit.train.setup import load_policy, load_task, open_sampler, start_run
 
     run = start_run(cfg, max_processes=1)
     cfg, t = run.cfg, run.cfg.train
@@ -234,10 +263,14 @@ def run(cfg: PPOConfig) -> Path:
     if critic_lora is not None:
         critic.model = add_lora(critic.model, critic_lora)
     ac = ActorCritic(policy.module, critic).to(run.device)
-    algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, run)
-    print(f"ppo: {algo.total_steps} steps ({algo.steps_per_rollout} per rollout of {cfg.ppo.rollout_prompts} "
-          f"prompts); critic from {critic_from}")
-    trained, history = train(algo, ac, t, run.accelerator, run.run_dir)
+    backend = open_sampler(cfg, run, tokenizer, policy)
+    try:
+        algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, run, backend)
+        print(f"ppo: {algo.total_steps} steps ({algo.steps_per_rollout} per rollout of {cfg.ppo.rollout_prompts} "
+              f"prompts); critic from {critic_from}; sampler: {backend.name}")
+        trained, history = train(algo, ac, t, run.accelerator, run.run_dir)
+    finally:
+        backend.close()
     save_scalar_model(trained.critic, tokenizer, run.run_dir / "value", True, "value")
     finish(trained.policy.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("score", "kl", "value_loss"))
     return run.run_dir

@@ -30,6 +30,7 @@ class Sample:
     token_ids: list[int]  # generated ids, the end-of-turn token included when one was produced
     logps: list[float] = field(default_factory=list)  # per token of token_ids
     finished: bool = False  # ended with an end-of-turn token (False: hit max_new_tokens)
+    weight_version: int = 0  # the policy weights that produced it: syncs made by its rollout backend (rollout.py)
 
 
 def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:

@@ -67,3 +67,18 @@ def clipped_policy_loss(
         if dual_clip is not None:
             stats["dual_clip_fraction"] = masked_mean(dual_active.float(), valid)
     return loss, stats
+
+
+def truncated_is_weights(log_ratio: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weights for rollouts from a sampler that is not exactly the trained policy
+    (an inference engine's kernels, precision or quantisation): w_t = min(π_old(y_t) / π_sampler(y_t), C).
+
+    Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training" (TIS); TRL's
+    `vllm_importance_sampling_correction` with `vllm_importance_sampling_cap` is the same correction. The policy
+    loss of token t is multiplied by w_t, which corrects the sampling distribution to π_old in expectation while
+    the cap C bounds the variance. log_ratio = log π_old − log π_sampler (B, T), 0 at masked positions (weight 1).
+    Returns (B, T) detached weights.
+    """
+    if cap <= 0:
+        raise ValueError(f"the truncation cap must be positive, got {cap}")
+    return torch.exp(log_ratio.detach()).clamp(max=cap)

@@ -42,17 +42,22 @@ class Algorithm(Protocol):
 
 
 def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, float]:
-    """Sum over processes, then divide by the summed 'count' (except 'tokens')."""
+    """Sum over processes, then divide by the summed 'count' (except 'tokens'); names ending in '_max' are
+    maxima (over micro-batches and processes), taken as they are."""
     if not sums:
         return {}
-    names = sorted(sums)
     # Metric sums may live on different devices (counts are built on the host): one device before stacking.
-    stacked = torch.stack([sums[n].detach().float().reshape(()).to(accelerator.device)
-                           for n in names])
-    total = dict(zip(names, accelerator.reduce(stacked, reduction="sum").tolist()))
+    def stack(names):
+        return torch.stack([sums[n].detach().float().reshape(()).to(accelerator.device) for n in names])
+
+    names = sorted(n for n in sums if not n.endswith("_max"))
+    maxima = sorted(n for n in sums if n.endswith("_max"))
+    total = dict(zip(names, accelerator.reduce(stack(names), reduction="sum").tolist())) if names else {}
     count = max(total.pop("count", 1.0), 1.0)
     tokens = total.pop("tokens", None)
     out = {k: v / count for k, v in total.items()}
+    if maxima:
+        out.update(zip(maxima, accelerator.reduce(stack(maxima), reduction="max").tolist()))
     if tokens is not None:
         out["tokens"] = tokens
     return out
@@ -100,7 +105,8 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
                         loss, m = algo.loss(model, batch)
                     accelerator.backward(loss)
                 for k, v in m.items():
-                    sums[k] = sums.get(k, 0) + v.detach()
+                    v = v.detach()
+                    sums[k] = torch.maximum(sums[k], v) if k.endswith("_max") and k in sums else sums.get(k, 0) + v
             if cfg.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             else:

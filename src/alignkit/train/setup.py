@@ -144,3 +144,17 @@ def load_task(cfg, run):
     prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
     print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
     return items, prompt_ids, rewards, tokenizer
+
+
+def open_sampler(cfg, run: Run, tokenizer, policy: Policy):
+    """The rollout backend of an RL command (`generation.backend`): the local sampler on the policy itself, or
+    vLLM engines; the engines' versions are recorded in the run directory."""
+    from alignkit.generation.rollout import from_config
+    from alignkit.models.logprobs import base_model
+
+    gen = cfg.generation
+    if gen.engine_command and run.world > 1:
+        raise AlignkitError("generation.engine_command starts one engine per process; with several processes start "
+                            "the engines yourself and give generation.engine_urls")
+    return from_config(gen, tokenizer, base_model(policy.model), cfg.model.path,
+                       run.run_dir if run.accelerator.is_main_process else None)
