@@ -31,13 +31,14 @@ START, END = "<!-- grpo_backends:start -->", "<!-- grpo_backends:end -->"
 FULL_START, FULL_END = "<!-- grpo_backends_full:start -->", "<!-- grpo_backends_full:end -->"
 
 
-def start_engine(log_dir: Path):
+def start_engine(log_dir: Path, lora: bool = False):
+    """One vLLM server for SmolLM2-135M-Instruct in float32 (LoRA hot-loading only when `lora`)."""
     from alignkit.generation.engine_process import EngineProcess, free_port, vllm_command
     from alignkit.models.load import resolve
 
     port = free_port()
     command = vllm_command(resolve("smollm2-135m-instruct"), port, "policy", dtype="float32", max_model_len=1024,
-                           lora_rank=16)
+                           lora_rank=16 if lora else None)
     engine = EngineProcess(command, f"http://127.0.0.1:{port}", env={"VLLM_CPU_KVCACHE_SPACE": "2"},
                            log_path=log_dir / "engine.log", startup_timeout=600)
     t0 = time.perf_counter()
@@ -45,11 +46,11 @@ def start_engine(log_dir: Path):
     return engine, time.perf_counter() - t0
 
 
-def run_grpo(backend: str, url: str, out: Path, extra: list[str]) -> dict:
+def run_grpo(backend: str, url: str, out: Path, extra: list[str], lora_sync: str) -> dict:
     args = [sys.executable, "-m", "alignkit.cli", "grpo", "--config", str(CONFIG), f"train.output_dir={out}",
             "train.save_every=1000", *extra]
     if backend == "vllm":
-        args += ["generation.backend=vllm", f"generation.engine_urls=[{url}]"]
+        args += ["generation.backend=vllm", f"generation.engine_urls=[{url}]", f"generation.lora_sync={lora_sync}"]
     t0 = time.perf_counter()
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -80,10 +81,12 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="runs per backend, alternating")
     p.add_argument("--full", action="store_true", help="one whole run per backend, then held-out accuracy")
     p.add_argument("--out", help="markdown file to write or update")
+    p.add_argument("--lora-sync", choices=("merged", "adapter"), default="merged",
+                   help="how the vllm runs sync their LoRA policy (merged: full weights, no LoRA kernels)")
     a = p.parse_args(argv)
     info = machine_info()
     tmp = Path(tempfile.mkdtemp(prefix="grpo-backends-"))
-    engine, ready = start_engine(tmp)
+    engine, ready = start_engine(tmp, lora=a.lora_sync == "adapter")
     from alignkit.generation.engine_http import engine_version
 
     version = engine_version(engine.url)
@@ -91,21 +94,22 @@ def main(argv=None) -> None:
     try:
         if a.full:
             for backend in ("local", "vllm"):
-                run = run_grpo(backend, engine.url, tmp / f"full-{backend}", [])
+                run = run_grpo(backend, engine.url, tmp / f"full-{backend}", [], a.lora_sync)
                 run["eval"] = evaluate(tmp / f"full-{backend}" / "final", tmp / f"eval-{backend}")
                 runs.append(run)
                 print(backend, run["wall"], run["eval"]["accuracy"], flush=True)
         else:
             for rep in range(a.repeats):
                 for backend in ("local", "vllm"):
-                    runs.append(run_grpo(backend, engine.url, tmp / f"{backend}-{rep}", [f"train.max_steps={a.steps}"]))
+                    runs.append(run_grpo(backend, engine.url, tmp / f"{backend}-{rep}", [f"train.max_steps={a.steps}"],
+                                         a.lora_sync))
                     print(backend, rep, round(runs[-1]["wall"], 1), flush=True)
     finally:
         engine.stop()
     command = "python benchmarks/grpo_backends.py " + " ".join(argv if argv is not None else sys.argv[1:])
     head = (f"Machine: {info['cpu']}, {info['cores']} cores, native bf16: {info['native_bf16']}, torch "
-            f"{info['versions']['torch']}; engine vLLM {version} (`vllm-cpu`, float32, ready in {ready:.0f} s, sharing "
-            f"the cores with the trainer). Command: `{command}`. Config `configs/grpo/smollm2-addition.yaml` "
+            f"{info['versions']['torch']}; engine vLLM {version} (`vllm-cpu`, float32, ready in {ready:.0f} s, on every "
+            f"core, beside the trainer; LoRA sync `{a.lora_sync}`). Command: `{command}`. Config `configs/grpo/smollm2-addition.yaml` "
             "(SmolLM2-135M-Instruct + LoRA r16, 8 prompts × 8 completions a step, ≤ 56 new tokens, temperature 0.7).")
     if a.full:
         rows = ["| backend | run time | median s/step | median generation s | held-out accuracy | reserved phrasings |",

@@ -219,3 +219,31 @@ def test_grpo_process_without_useful_rows_finishes_the_step(tiny_model, tmp_path
     assert any(r["advantage"] != 0 for r in by_rank[0]) and all(r["advantage"] == 0 for r in by_rank[1])
     (step,) = _jsonl(tmp_path / "run" / "metrics.jsonl")
     assert "skipped" not in step and step["grad_norm"] > 0 and math.isfinite(step["loss"])
+
+
+def test_truncated_importance_sampling_weights_grpos_token_losses():
+    """With generation.tis_cap, each token's policy loss is multiplied by min(π_old / π_sampler, cap): on-policy
+    (μ = 1, ρ = 1) the token-mean loss is −Σ_t A·w_t / T. Sampler log-probs 0.5 and 2 nats below the trainer's,
+    cap 2: w = e^0.5 = 1.6487 and min(e^2, 2) = 2; A = 1 on both tokens gives −(1.6487 + 2) / 2."""
+    from types import SimpleNamespace
+
+    from alignkit.algos.grpo import GRPO, GRPOBatch
+    from alignkit.config import GRPOConfig
+
+    cfg = GRPOConfig.model_validate({"grpo": {"beta": 0.0, "aggregation": "token-mean", "group_size": 2},
+                                     "generation": {"tis_cap": 2.0}})
+    algo = GRPO.__new__(GRPO)
+    algo.cfg, algo.run = cfg, SimpleNamespace(device=torch.device("cpu"), world=1)
+    trainer = torch.tensor([[0.0, -1.0, -2.0]], requires_grad=True)  # (1, T): the prompt token, then two response tokens
+
+    def model(ids, mask, per_token):
+        return torch.where(mask, trainer, 0.0)
+
+    mask = torch.tensor([[False, True, True]])
+    sampler = torch.tensor([[0.0, -1.5, -4.0]])
+    batch = GRPOBatch(torch.zeros(1, 3, dtype=torch.long), mask, torch.tensor([1.0]), None, None, sampler, 1.0,
+                      step_rows=1, step_tokens=2, trained_rows=1, stats={})
+    loss, metrics = algo.loss(model, batch)
+    assert float(loss) == pytest.approx(-(math.exp(0.5) + 2.0) / 2, rel=1e-6)
+    assert float(metrics["sampler/logp_diff_max"]) == pytest.approx(2.0)
+    assert float(metrics["sampler/logp_diff_mean"]) == pytest.approx(1.25)  # (0.5 + 2) / 2 tokens, one row

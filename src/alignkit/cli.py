@@ -162,13 +162,15 @@ def eval_accuracy(
     batch_size: int = typer.Option(64, min=1),
     seed: int = typer.Option(0),
     out: str = typer.Option("runs/eval-accuracy", help="directory for results.jsonl and summary.json"),
+    backend: str = typer.Option("local", help="local (alignkit's sampler) or vllm (engines at --engine-url)"),
+    engine_url: Optional[list[str]] = typer.Option(None, help="a vLLM server serving --model (repeatable)"),
+    engine_timeout: float = typer.Option(300.0, min=1.0, help="seconds for one request to an engine"),
 ):
     """Greedy pass@1 (and optional pass@k, maj@k) on a verifiable task."""
     import json
     from pathlib import Path
 
     from alignkit.eval import accuracy
-    from alignkit.models.load import load_model, load_tokenizer
     from alignkit.tasks import make_task, task_items
 
     ks = tuple(int(x) for x in k.split(",") if x.strip())
@@ -177,13 +179,40 @@ def eval_accuracy(
     cfg = _task_config(task, split, limit, languages, seed, question_field, answer_field)
     the_task = make_task(cfg)
     items = task_items(the_task, cfg)
-    tokenizer = load_tokenizer(model)
-    lm = load_model(model)
-    results, summary = accuracy.evaluate(lm, tokenizer, the_task, items, samples, ks if samples else (), temperature,
-                                         top_p, max_new_tokens, batch_size, seed)
+    sampler, tokenizer = _sampler(model, backend, engine_url or [], engine_timeout, batch_size)
+    try:
+        results, summary = accuracy.evaluate(sampler, tokenizer, the_task, items, samples, ks if samples else (),
+                                             temperature, top_p, max_new_tokens, seed)
+    finally:
+        sampler.close()
     summary["model"] = model
+    summary["backend"] = sampler.name
     accuracy.write(results, summary, Path(out))
     print(json.dumps(summary, indent=1, ensure_ascii=False))
+
+
+def _sampler(model: str, backend: str, engine_urls: list[str], timeout: float, batch_size: int):
+    """(rollout backend, tokenizer) for a command that generates without a config: the local sampler on --model,
+    or vLLM engines that serve it (checked with a log-prob probe against --model's weights)."""
+    from types import SimpleNamespace
+
+    from alignkit.generation.rollout import from_config
+    from alignkit.models.load import load_model, load_tokenizer
+
+    if backend not in ("local", "vllm"):
+        raise AlignkitError(f"--backend {backend}: expected local or vllm")
+    if backend == "vllm" and not engine_urls:
+        raise AlignkitError("--backend vllm needs --engine-url URL (a vLLM server serving --model)")
+    if backend == "local" and engine_urls:
+        raise AlignkitError("--engine-url is given but --backend is local; add --backend vllm")
+    tokenizer, lm = load_tokenizer(model), load_model(model)
+    gen = SimpleNamespace(backend=backend, engine_urls=engine_urls, engine_command=None, startup_timeout=timeout,
+                          engine_timeout=timeout, sync_timeout=timeout, sync_dir=None, batch_size=batch_size,
+                          lora_sync="adapter")
+    sampler = from_config(gen, tokenizer, lm, model)
+    if backend == "vllm":
+        sampler.verify(lm)  # the engines must serve --model's weights, token for token
+    return sampler, tokenizer
 
 
 def _write_eval(results: list[dict] | None, summary: dict, out: str) -> None:

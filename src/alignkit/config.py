@@ -151,6 +151,8 @@ class EngineConfig(Strict):
     engine_timeout: float = Field(300.0, gt=0)  # seconds for one generation request
     sync_timeout: float = Field(120.0, gt=0)  # seconds for one weight sync, checks included
     sync_dir: str | None = None  # where weights are written for the engines to read (default: a RAM-backed dir)
+    # LoRA runs: hot-load the adapter (megabytes), or fold it in and push full weights (no LoRA kernels in the engine)
+    lora_sync: Literal["adapter", "merged"] = "adapter"
 
     @model_validator(mode="after")
     def _engines(self):

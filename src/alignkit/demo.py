@@ -32,6 +32,7 @@ def _say(msg: str) -> None:
 
 def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max_new_tokens, batch_size):
     from alignkit.eval import accuracy
+    from alignkit.generation.rollout import LocalBackend
     from alignkit.tasks import make_task, task_items
 
     if (out / "summary.json").exists():
@@ -40,8 +41,8 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
     task = make_task(task_cfg)
     items = task_items(task, task_cfg)
     _say(f"[{name}] greedy answers to {len(items)} held-out questions ...")
-    results, summary = accuracy.evaluate(model, tokenizer, task, items, max_new_tokens=max_new_tokens,
-                                         batch_size=batch_size)
+    results, summary = accuracy.evaluate(LocalBackend(model, tokenizer, batch_size), tokenizer, task, items,
+                                         max_new_tokens=max_new_tokens)
     summary["model"] = str(model_path)
     accuracy.write(results, summary, out)
     _say(f"[{name}] accuracy {summary['accuracy']:.1%} ({summary['seconds']:.0f}s)")

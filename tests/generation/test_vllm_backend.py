@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignkit import AlignkitError
 from alignkit.data.chat import end_of_turn_ids
@@ -115,6 +116,24 @@ def test_lora_sync_serves_the_trainers_current_adapter(vllm_engine, smol):
         sync_dir = engine._sync_dir
         assert sorted(p.name for p in sync_dir.iterdir()) == ["lora-v2"]  # older versions are removed
     assert not Path(sync_dir).exists()  # close() removes the sync directory
+
+
+def test_merged_lora_sync_serves_the_trainers_current_policy(vllm_engine, smol):
+    """lora_sync="merged": the adapter is folded into the weights and pushed in full; the engine then serves the
+    LoRA policy with plain weights, and the training model keeps its adapter untouched."""
+    base, tok = smol
+    _, prompts = addition_prompts(tok, 4, offset=70)
+    policy = with_lora(base, seed=4)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    with VLLMBackend(tok, [vllm_engine.url], request_timeout=120, lora_sync="merged") as engine:
+        assert_not_serving(engine, policy, tok, prompts)
+        try:
+            report = engine.sync(policy)
+            assert (report.version, report.kind) == (1, "full") and report.probe_max_abs_diff < NATS
+            assert_serves(engine, policy, tok, prompts, version=1)
+        finally:  # later tests share this engine: give it its starting weights back
+            engine.sync(base)
+    assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())
 
 
 def test_full_weight_sync_serves_the_trainers_current_weights(vllm_engine, smol):

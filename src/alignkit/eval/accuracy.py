@@ -18,17 +18,17 @@ from alignkit.eval.metrics import majority, pass_at_k
 from alignkit.tasks.extract import equivalent, extract_answer
 
 
-def evaluate(model, tokenizer, task, items, samples: int = 0, ks: tuple[int, ...] = (), temperature: float = 0.7,
-             top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 64, seed: int = 0):
-    """(per-item results, summary) for a loaded model."""
-    from alignkit.generation.sample import chat_prompt_ids, generate
+def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, ...] = (), temperature: float = 0.7,
+             top_p: float = 1.0, max_new_tokens: int = 128, seed: int = 0):
+    """(per-item results, summary); `sampler` is a rollout backend (generation/rollout.py): the local sampler on a
+    loaded model, or vLLM engines."""
+    from alignkit.data.chat import chat_prompt_ids
 
     started = time.time()
     prompts = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
-    greedy = generate(model, tokenizer, prompts, n=1, temperature=0, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size)
-    sampled = (generate(model, tokenizer, prompts, n=samples, temperature=temperature, top_p=top_p,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed) if samples else None)
+    greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)
+    sampled = (sampler.generate(prompts, n=samples, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed) if samples else None)
     results = []
     for i, item in enumerate(items):
         text = greedy[i][0].text

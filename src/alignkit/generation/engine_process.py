@@ -36,6 +36,15 @@ ENGINE_ENV = {
 }
 
 
+def cpu_engine_env() -> dict[str, str]:
+    """For a vLLM CPU engine beside the trainer: every core this process may use runs the model. vLLM's default
+    keeps one core for its scheduler and computes on the rest, which on a 2-core machine halves generation while
+    the trainer, waiting for the samples, leaves its cores idle (measured: 39 against 58 tokens/s with LoRA, and
+    the model on one thread). Ignored by GPU engines; an explicit setting in the environment wins."""
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return {"VLLM_CPU_OMP_THREADS_BIND": cpus, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 def engine_python() -> Path:
     """The engine environment's interpreter: $ALIGNKIT_ENGINE_PYTHON, else the checkout's .venv-engine."""
     return Path(os.environ.get("ALIGNKIT_ENGINE_PYTHON") or ENGINE_PYTHON)
@@ -73,7 +82,7 @@ class EngineProcess:
                  log_path: str | Path | None = None, startup_timeout: float = 300.0, poll_interval: float = 1.0):
         self.command = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
         self.url = base_url(url)
-        self.env = {**os.environ, **ENGINE_ENV, **(env or {})}
+        self.env = {**cpu_engine_env(), **os.environ, **ENGINE_ENV, **(env or {})}
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
         self.poll_interval = poll_interval

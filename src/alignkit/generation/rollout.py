@@ -101,7 +101,8 @@ def open_backend(kind: str, tokenizer, *, model=None, engine_urls: Sequence[str]
                  engine_command: str | list[str] | None = None, engine_log: str | Path | None = None,
                  startup_timeout: float = 300.0, request_timeout: float = 300.0, sync_timeout: float = 120.0,
                  concurrency: int = 32, served_model_name: str | None = None, sync_dir: str | Path | None = None,
-                 probe_tolerance: float = 1e-2, api_key: str | None = None, batch_size: int = 32) -> RolloutBackend:
+                 probe_tolerance: float = 1e-2, api_key: str | None = None, batch_size: int = 32,
+                 lora_sync: str = "adapter") -> RolloutBackend:
     """The backend a command asked for: "local" (needs `model`) or "vllm" (engines at `engine_urls`, or one that
     `engine_command` starts: the command answers at the single URL given, or at a free local port substituted
     for '{port}' in it). An engine started here is stopped by the backend's close()."""
@@ -131,7 +132,8 @@ def open_backend(kind: str, tokenizer, *, model=None, engine_urls: Sequence[str]
             process.start()
         return VLLMBackend(tokenizer, urls, model_name=served_model_name, request_timeout=request_timeout,
                            sync_timeout=sync_timeout, concurrency=concurrency, sync_dir=sync_dir,
-                           probe_tolerance=probe_tolerance, api_key=api_key, processes=processes)
+                           probe_tolerance=probe_tolerance, api_key=api_key, processes=processes,
+                           lora_sync=lora_sync)
     except BaseException:
         for process in processes:
             process.stop()
@@ -155,7 +157,8 @@ def from_config(gen, tokenizer, model, model_path: str, run_dir: Path | None = N
     backend = open_backend(gen.backend, tokenizer, model=model, engine_urls=gen.engine_urls, engine_command=command,
                            engine_log=run_dir / "engine.log" if run_dir is not None and command else None,
                            startup_timeout=gen.startup_timeout, request_timeout=gen.engine_timeout,
-                           sync_timeout=gen.sync_timeout, sync_dir=gen.sync_dir, batch_size=gen.batch_size)
+                           sync_timeout=gen.sync_timeout, sync_dir=gen.sync_dir, batch_size=gen.batch_size,
+                           lora_sync=gen.lora_sync)
     if run_dir is not None and hasattr(backend, "versions"):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "engines.json").write_text(json.dumps({"backend": backend.name, "vllm": backend.versions()},

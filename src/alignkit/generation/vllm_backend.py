@@ -16,6 +16,8 @@ before top-p, which is what the local sampler records and what the trainer compu
 Weight sync, chosen by what the run trains (docs/engines.md):
 - a PEFT (LoRA) model: the adapter is saved to a RAM-backed directory (/dev/shm), a new one per version, and
   `POST /v1/load_lora_adapter {"load_inplace": true}` replaces the served adapter; requests then name it.
+- with `lora_sync="merged"`, a LoRA model's adapter is folded into its weights (W + scale·B·A, the training
+  model untouched) and the result goes over as full weights: the engine then runs without LoRA kernels.
 - full weights: safetensors saved the same way, then `POST /pause?mode=wait`, `POST /collective_rpc
   {"method": "reload_weights", "kwargs": {"weights_path": DIR}}`, `POST /reset_prefix_cache` (cached prefixes were
   computed with the old weights), `POST /update_weight_version`, `POST /resume` (also when a step fails).
@@ -49,6 +51,31 @@ def is_peft_model(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
+def save_merged(model, path: Path) -> None:
+    """A PEFT LoRA model's weights with each adapter folded in (W + scale·B·A), saved as a plain checkpoint of the
+    base model; the training model is not touched (no merge and unmerge, so its weights do not drift)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    merged = {}
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer):
+                layer = module.get_base_layer()
+                delta = sum(module.get_delta_weight(a) for a in module.active_adapters if a in module.lora_A)
+                merged[f"{name}.weight"] = (layer.weight + delta).detach().contiguous()
+                if getattr(layer, "bias", None) is not None:
+                    merged[f"{name}.bias"] = layer.bias.detach()
+        state = {}
+        for key, value in base.state_dict().items():
+            if "lora_" in key:
+                continue
+            plain = key.replace(".base_layer.", ".")
+            state[plain] = merged.get(plain, value)
+    base.save_pretrained(str(path), state_dict=state, safe_serialization=True)
+
+
 def trainer_token_logps(model, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> list[float]:
     """The model's own log-probs of `token_ids` following `prompt_ids` (eval mode, no grad, float32 softmax)."""
     import torch
@@ -75,7 +102,7 @@ class VLLMBackend:
                  request_timeout: float = 300.0, sync_timeout: float = 120.0, connect_timeout: float = 10.0,
                  concurrency: int = 32, stop_ids: set[int] | None = None, sync_dir: str | Path | None = None,
                  lora_name: str = "alignkit-policy", probe_tokens: int = 8, probe_tolerance: float = 1e-2,
-                 processes: Sequence = ()):
+                 processes: Sequence = (), lora_sync: str = "adapter"):
         from alignkit.data.chat import chat_prompt_ids, end_of_turn_ids
 
         if not urls:
@@ -86,6 +113,9 @@ class VLLMBackend:
         self.concurrency = concurrency
         self.stop_ids = set(stop_ids) if stop_ids is not None else end_of_turn_ids(tokenizer)
         self.lora_name = lora_name
+        if lora_sync not in ("adapter", "merged"):
+            raise AlignkitError(f"lora_sync: '{lora_sync}' is neither adapter nor merged")
+        self.lora_sync = lora_sync  # LoRA runs: hot-load the adapter, or push the merged weights in full
         self.probe_tokens, self.probe_tolerance = probe_tokens, probe_tolerance
         self.processes = list(processes)
         self.weight_version = 0  # syncs done; 0 = the weights the engines started with
@@ -197,11 +227,14 @@ class VLLMBackend:
         if self._sync_dir is None:
             self._sync_root.mkdir(parents=True, exist_ok=True)
             self._sync_dir = Path(tempfile.mkdtemp(prefix="alignkit-sync-", dir=self._sync_root))
-        kind = "lora" if is_peft_model(model) else "full"
+        peft = is_peft_model(model)
+        kind = "lora" if peft and self.lora_sync == "adapter" else "full"
         path = self._sync_dir / f"{kind}-v{version}"
         shutil.rmtree(path, ignore_errors=True)
         if kind == "lora":
             model.save_pretrained(str(path))  # the adapter only
+        elif peft:  # merged: the engine runs plain weights, no LoRA kernels (on CPU engines much faster)
+            save_merged(model, path)
         else:
             model.save_pretrained(str(path), safe_serialization=True)
         saved = time.monotonic()

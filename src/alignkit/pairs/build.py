@@ -100,6 +100,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
     pair_rows, outcome_rows = repair(out / "pairs.jsonl"), repair(out / "outcomes.jsonl")
     pair_log, outcome_log = AppendLog(out / "pairs.jsonl"), AppendLog(out / "outcomes.jsonl")
     outcomes: dict[str, dict] = {}
+    backend = None  # the student's sampler, opened once there is a question to ask
     retries = 0
     try:
         outcomes = _reconcile(pair_rows, outcome_rows, outcome_log)
@@ -110,15 +111,20 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         teacher = sampler = None
         started = time.time()
         if todo:
-            from alignkit.generation.sample import chat_prompt_ids, generate
+            from alignkit.data.chat import chat_prompt_ids
+            from alignkit.generation.rollout import LocalBackend, from_config
             from alignkit.models.load import load_model, load_tokenizer
             from alignkit.pairs.teachers import make_teacher
 
-            if student is None:
-                tokenizer = load_tokenizer(cfg.student.model, cfg.student.trust_remote_code)
-                student = load_model(cfg.student.model, trust_remote_code=cfg.student.trust_remote_code)
+            s = cfg.student
+            if tokenizer is None:
+                tokenizer = load_tokenizer(s.model, s.trust_remote_code)
+            if s.backend == "local" and student is None:
+                student = load_model(s.model, trust_remote_code=s.trust_remote_code)
             teacher = make_teacher(cfg.teacher)
-            if cfg.student.temperature == 1.0 and cfg.student.top_p == 1.0:
+            backend = LocalBackend(student, tokenizer, s.batch_size) if s.backend == "local" else \
+                from_config(s, tokenizer, None, s.model, out)
+            if s.backend == "local" and s.temperature == 1.0 and s.top_p == 1.0:
                 # Samples from the model's own distribution: their recorded log-probs are the model's
                 # log-probs of the rejected response, which `alignkit dpo` can use as reference.
                 from alignkit.models.reference import model_fingerprint
@@ -126,10 +132,9 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                 sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
         for start in range(0, len(todo), cfg.chunk):
             chunk = todo[start:start + cfg.chunk]
-            s = cfg.student
-            samples = generate(student, tokenizer, [chat_prompt_ids(tokenizer, it.messages()) for it in chunk],
-                               n=s.samples, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                               seed=s.seed, batch_size=s.batch_size, prompt_keys=[keys[it.id] for it in chunk])
+            samples = backend.generate([chat_prompt_ids(tokenizer, it.messages()) for it in chunk], n=s.samples,
+                                       temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                       seed=s.seed, prompt_keys=[keys[it.id] for it in chunk])
             need, rejected = [], {}
             for item, item_samples in zip(chunk, samples):
                 correct = sum(task.evaluate(item, x.text) for x in item_samples)
@@ -181,6 +186,8 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
     finally:
         pair_log.close()
         outcome_log.close()
+        if backend is not None:
+            backend.close()
     summary = summarize(outcomes, len(items), retries)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
