@@ -323,8 +323,9 @@ class GRPO:
         n = torch.tensor(float(len(ids)) * b.weight)
         metrics = {"count": n, "tokens": mask.sum().float() * b.weight,
                    "loss": loss.detach() * b.trained_rows / self.run.world, **{k: v * n for k, v in stats.items()}}
-        if kl is not None:
-            metrics["kl"] = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().detach()
+        if g.beta > 0:  # every process reports the same names, a stand-in row (no reference pass) included
+            metrics["kl"] = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().detach() if kl is not None \
+                else torch.zeros(())
         metrics["sampler/logp_diff_mean"] = (mismatch.abs().sum(1) / mask.sum(1).clamp(min=1)).sum() * b.weight
         metrics["sampler/logp_diff_max"] = mismatch.abs().max() * b.weight  # "_max": the loop takes the max
         for k, v in b.stats.items():
