@@ -118,6 +118,18 @@ def test_lora_sync_serves_the_trainers_current_adapter(vllm_engine, smol):
     assert not Path(sync_dir).exists()  # close() removes the sync directory
 
 
+def assert_full_sync_serves(engine, policy, base, tok, prompts):
+    """A full-weight sync of `policy` (version 1) serves it; then `base` goes back, since later tests share the
+    engine. Returns the restoring sync's report."""
+    try:
+        report = engine.sync(policy)
+        assert (report.version, report.kind) == (1, "full") and report.probe_max_abs_diff < NATS
+        assert_serves(engine, policy, tok, prompts, version=1)
+    finally:  # later tests share this engine: give it its starting weights back
+        restored = engine.sync(base)
+    return restored
+
+
 def test_merged_lora_sync_serves_the_trainers_current_policy(vllm_engine, smol):
     """lora_sync="merged": the adapter is folded into the weights and pushed in full; the engine then serves the
     LoRA policy with plain weights, and the training model keeps its adapter untouched."""
@@ -127,12 +139,7 @@ def test_merged_lora_sync_serves_the_trainers_current_policy(vllm_engine, smol):
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     with VLLMBackend(tok, [vllm_engine.url], request_timeout=120, lora_sync="merged") as engine:
         assert_not_serving(engine, policy, tok, prompts)
-        try:
-            report = engine.sync(policy)
-            assert (report.version, report.kind) == (1, "full") and report.probe_max_abs_diff < NATS
-            assert_serves(engine, policy, tok, prompts, version=1)
-        finally:  # later tests share this engine: give it its starting weights back
-            engine.sync(base)
+        assert_full_sync_serves(engine, policy, base, tok, prompts)
     assert all(torch.equal(v, policy.state_dict()[k]) for k, v in before.items())
 
 
@@ -144,12 +151,7 @@ def test_full_weight_sync_serves_the_trainers_current_weights(vllm_engine, smol)
     with VLLMBackend(tok, [vllm_engine.url], request_timeout=120) as engine:
         stale = greedy(engine, prompts)
         assert_not_serving(engine, policy, tok, prompts)
-        try:
-            report = engine.sync(policy)
-            assert (report.version, report.kind) == (1, "full") and report.probe_max_abs_diff < NATS
-            assert_serves(engine, policy, tok, prompts, version=1)
-        finally:  # later tests share this engine: give it its starting weights back
-            restored = engine.sync(base)
+        restored = assert_full_sync_serves(engine, policy, base, tok, prompts)
         assert restored.version == 2
         assert [s.token_ids for s in greedy(engine, prompts)] == [s.token_ids for s in stale]
 

@@ -118,24 +118,24 @@ def smol():
     return _smol()
 
 
-@pytest.fixture(scope="session")
-def vllm_engine(tmp_path_factory):
-    """The session's shared vLLM server."""
+def _running_engine(tmp_path_factory, name: str):
     require_engine_env()
-    engine = TestEngine(_smol_dir(), tmp_path_factory.mktemp("engine-logs"), "shared")
+    engine = TestEngine(_smol_dir(), tmp_path_factory.mktemp("engine-logs"), name)
     engine.start()
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tmp_path_factory):
+    """The session's shared vLLM server."""
+    yield from _running_engine(tmp_path_factory, "shared")
 
 
 @pytest.fixture(scope="module")
 def second_engine(tmp_path_factory):
     """A separately started server for tests that kill it; stopped at the end of the module."""
-    require_engine_env()
-    engine = TestEngine(_smol_dir(), tmp_path_factory.mktemp("engine-logs"), "second")
-    engine.start()
-    yield engine
-    engine.stop()
+    yield from _running_engine(tmp_path_factory, "second")
 
 
 # ----- helpers -----
