@@ -20,6 +20,31 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Align language models with preferences.")
 
 
+def _finite(ctx, param, value: float) -> float:
+    """A float option must be a finite number: "inf" and "nan" parse as floats and pass min/max checks."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
+def _out_file(value: str) -> str:
+    """--out names a file to write: refused up front when it is a directory (before any model loads)."""
+    from alignkit.data.files import output_file
+
+    output_file(value)
+    return value
+
+
+def _out_dir(value: str) -> str:
+    """--out names a directory to write into: refused up front when it is a file."""
+    from alignkit.data.files import output_dir
+
+    output_dir(value)
+    return value
+
+
 # The training commands: name -> (module with run(cfg), config schema, preset, config required, help). Each reads a
 # YAML config (overrides only) plus dotted `key.sub=value` overrides; `rm` (which also scores) is defined below.
 TRAINING = {
@@ -63,7 +88,7 @@ def rm(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/rm)."),
     model: Optional[str] = typer.Option(None, help="score: a reward model trained by alignkit rm"),
     data: Optional[str] = typer.Option(None, help="score: a preference file"),
-    out: str = typer.Option("scores.jsonl", help="score: output JSONL"),
+    out: str = typer.Option("scores.jsonl", callback=_out_file, help="score: output JSONL"),
     batch_size: int = typer.Option(8, min=1),
     max_length: int = typer.Option(512, min=1),
     max_prompt_length: int = typer.Option(256, min=1),
@@ -97,7 +122,7 @@ def pipeline(recipe: str = typer.Argument(..., help="recipe YAML: output_dir, mo
 def logps(
     model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
     data: str = typer.Option(..., help="preference file (.jsonl, .json, .parquet, or a saved dataset dir)"),
-    out: str = typer.Option(..., help="output JSONL"),
+    out: str = typer.Option(..., callback=_out_file, help="output JSONL"),
     batch_size: int = typer.Option(8, min=1),
     max_length: int = typer.Option(4096, min=1),
     max_prompt_length: int = typer.Option(4095, min=1),
@@ -156,15 +181,16 @@ def eval_accuracy(
     answer_field: str = typer.Option("answer"),
     samples: int = typer.Option(0, min=0, help="sampled answers per question for pass@k / maj@k (0: greedy only)"),
     k: str = typer.Option("1", help="comma-separated k for pass@k and maj@k"),
-    temperature: float = typer.Option(0.7, min=0.0),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    temperature: float = typer.Option(0.7, callback=_finite, min=0.0),
+    top_p: float = typer.Option(1.0, callback=_finite, min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(128, min=1),
     batch_size: int = typer.Option(64, min=1),
     seed: int = typer.Option(0),
-    out: str = typer.Option("runs/eval-accuracy", help="directory for results.jsonl and summary.json"),
+    out: str = typer.Option("runs/eval-accuracy", callback=_out_dir,
+                           help="directory for results.jsonl and summary.json"),
     backend: str = typer.Option("local", help="local (alignkit's sampler) or vllm (engines at --engine-url)"),
     engine_url: Optional[list[str]] = typer.Option(None, help="a vLLM server serving --model (repeatable)"),
-    engine_timeout: float = typer.Option(300.0, min=1.0, help="seconds for one request to an engine"),
+    engine_timeout: float = typer.Option(300.0, callback=_finite, min=1.0, help="seconds for one request to an engine"),
 ):
     """Greedy pass@1 (and optional pass@k, maj@k) on a verifiable task."""
     import json
@@ -257,7 +283,8 @@ def eval_judge(
     batch_size: int = typer.Option(16, min=1),
     resamples: int = typer.Option(1000, min=1, help="bootstrap resamples for the 95% interval"),
     seed: int = typer.Option(0),
-    out: str = typer.Option("runs/eval-judge", help="directory for results.jsonl and summary.json"),
+    out: str = typer.Option("runs/eval-judge", callback=_out_dir,
+                           help="directory for results.jsonl and summary.json"),
 ):
     """LLM-as-judge: 1-10 ratings of one model's answers, or a pairwise win rate of two models."""
     from alignkit.eval import judge
@@ -283,7 +310,8 @@ def eval_refusal(
     concurrency: int = typer.Option(8, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
     batch_size: int = typer.Option(32, min=1),
-    out: str = typer.Option("runs/eval-refusal", help="directory for results.jsonl and summary.json"),
+    out: str = typer.Option("runs/eval-refusal", callback=_out_dir,
+                           help="directory for results.jsonl and summary.json"),
 ):
     """Refusal rate on harmful prompts and over-refusal rate on harmless ones, per language."""
     from alignkit.eval import refusal
@@ -304,12 +332,13 @@ def eval_stability(
     question_field: str = typer.Option("question"),
     answer_field: str = typer.Option("answer"),
     samples: int = typer.Option(8, min=2, help="times each question is asked"),
-    temperature: float = typer.Option(0.7, min=0.0),
-    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    temperature: float = typer.Option(0.7, callback=_finite, min=0.0),
+    top_p: float = typer.Option(1.0, callback=_finite, min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(128, min=1),
     batch_size: int = typer.Option(64, min=1),
     seed: int = typer.Option(0),
-    out: str = typer.Option("runs/eval-stability", help="directory for results.jsonl and summary.json"),
+    out: str = typer.Option("runs/eval-stability", callback=_out_dir,
+                           help="directory for results.jsonl and summary.json"),
 ):
     """Ask each question n times: agreement with the majority answer, spread of accuracy across passes."""
     from alignkit.eval import stability
@@ -332,7 +361,7 @@ def eval_perplexity(
     file: str = typer.Option("data/eval/heldout.txt", help="UTF-8 text file"),
     max_length: int = typer.Option(512, min=2, help="tokens per window"),
     stride: int = typer.Option(256, min=1, help="tokens between window starts (at most --max-length)"),
-    out: str = typer.Option("runs/eval-perplexity", help="directory for summary.json"),
+    out: str = typer.Option("runs/eval-perplexity", callback=_out_dir, help="directory for summary.json"),
 ):
     """Token-level perplexity (and bits per byte) over a held-out text file, in sliding windows."""
     from alignkit.eval import capability
@@ -346,7 +375,8 @@ def eval_mc(
     file: str = typer.Option("data/eval/mmlu_sample.jsonl", help="MMLU / C-Eval layout, JSONL or CSV"),
     limit: Optional[int] = typer.Option(None, min=1, help="the first N questions"),
     batch_size: int = typer.Option(16, min=1, help="choices scored together"),
-    out: str = typer.Option("runs/eval-mc", help="directory for results.jsonl and summary.json"),
+    out: str = typer.Option("runs/eval-mc", callback=_out_dir,
+                           help="directory for results.jsonl and summary.json"),
 ):
     """Multiple-choice accuracy by choice log-likelihood (plain and length-normalised)."""
     from alignkit.eval import capability
@@ -359,7 +389,7 @@ def eval_mc(
 def eval_compare(
     a: str = typer.Argument(..., help="summary.json of the baseline"),
     b: str = typer.Argument(..., help="summary.json of the candidate"),
-    threshold: float = typer.Option(0.02, min=0.0, help="worse by more than this is a regression (absolute for "
+    threshold: float = typer.Option(0.02, callback=_finite, min=0.0, help="worse by more than this is a regression (absolute for "
                                                         "rates in [0, 1], relative otherwise)"),
     fail_on_regression: bool = typer.Option(False, help="exit with status 1 when a regression is flagged"),
 ):
@@ -374,7 +404,8 @@ def eval_compare(
 
 @app.command()
 def demo(
-    out: str = typer.Option("runs/demo", help="run directory (an interrupted demo resumes from it)"),
+    out: str = typer.Option("runs/demo", callback=_out_dir,
+                           help="run directory (an interrupted demo resumes from it)"),
     model: str = typer.Option("smollm2-135m-instruct", help="the student"),
     task: str = typer.Option("addition-2d", help="built-in arithmetic task"),
     questions: int = typer.Option(288, min=1, help="training questions the student answers"),
@@ -401,11 +432,12 @@ def serve(
     api_key_env: Optional[str] = typer.Option(None, help="require this environment variable's value as the key"),
     max_batch: int = typer.Option(16, min=1, help="requests generated together"),
     max_tokens: int = typer.Option(512, min=1, help="default max_tokens per request"),
+    max_tokens_limit: int = typer.Option(4096, min=1, help="the most max_tokens a request may ask for"),
 ):
     """An OpenAI-compatible chat server around a local model (for teachers and judges)."""
     from alignkit.generation.server import serve as run_server
 
-    run_server(model, host, port, name, api_key_env, max_batch, max_tokens)
+    run_server(model, host, port, name, api_key_env, max_batch, max_tokens, max_tokens_limit)
 
 
 def _quiet_libraries() -> None:
@@ -447,7 +479,8 @@ def sxs_serve(
 def sxs_export(
     db: str = typer.Option(..., help="the labels database written by sxs serve"),
     pairs: str = typer.Option(..., help="the items file the labels refer to"),
-    out: str = typer.Option(..., help="directory for sxs_report.json, sxs_report.md and dpo_pairs.jsonl"),
+    out: str = typer.Option(..., callback=_out_dir,
+                           help="directory for sxs_report.json, sxs_report.md and dpo_pairs.jsonl"),
     bootstrap: int = typer.Option(2000, min=100, help="bootstrap resamples for the 95% interval"),
     seed: int = typer.Option(0),
 ):
@@ -464,12 +497,24 @@ def sxs_export(
 @app.command()
 def report(
     run_dirs: list[str] = typer.Argument(..., help="run directories (metrics.jsonl, eval */summary.json)"),
-    out: str = typer.Option("report.html", help="the HTML page to write"),
+    out: str = typer.Option("report.html", callback=_out_file, help="the HTML page to write"),
 ):
     """One HTML page: metric plots, evaluation tables and sample answers of one or more runs."""
     from alignkit.eval import run_report
 
     print(f"wrote {run_report.write(run_dirs, out)}")
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """ClickException of the click typer parses with: typer may carry its own copy of click, whose exceptions
+    are not the installed click's, so both are caught."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException as Vendored
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, Vendored)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -482,15 +527,15 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except (OSError, UnicodeError) as e:  # a file no check named first: still one line, naming the file
+        name = getattr(e, "filename", None)
+        print(f"error: {f'{name}: ' if name else ''}{getattr(e, 'strerror', None) or e}", file=sys.stderr)
+        sys.exit(1)
     except (typer.Exit, SystemExit) as e:
         sys.exit(getattr(e, "code", getattr(e, "exit_code", 0)))
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except _usage_errors() as e:  # a missing option, an unknown flag or command, an out-of-range value
+        e.show()  # click's short usage message; usage errors exit 2
+        sys.exit(e.exit_code)
     if isinstance(code, int) and code:
         if code == 130:  # Ctrl-C: the command was interrupted; what it had written stays
             print("interrupted", file=sys.stderr)

@@ -15,7 +15,8 @@ from alignkit import AlignkitError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused in every float (YAML's .inf/.nan and the strings "inf", "nan" alike)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(Strict):
@@ -68,7 +69,7 @@ class ReferenceConfig(Strict):
 class TrainConfig(Strict):
     output_dir: str = "runs/dpo"
     seed: int = 0
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, le=1e6)  # bounded: epochs x rows must stay a countable number of steps
     max_steps: int | None = Field(None, gt=0)  # overrides epochs
     batch_size: int = Field(8, gt=0)  # pairs per optimizer step, across all processes
     micro_batch_size: int = Field(4, gt=0)  # pairs per forward, per process
@@ -89,7 +90,8 @@ class TrainConfig(Strict):
     eval_batch_size: int = Field(8, gt=0)
     save_every: int | None = Field(None, gt=0)
     keep_last: int = Field(2, gt=0)
-    resume: bool = True  # continue from the newest checkpoint in output_dir
+    resume: bool = True  # continue from the newest checkpoint in output_dir (only a run with the same config)
+    overwrite: bool = False  # replace the run in output_dir (its checkpoints, metrics, final model) with this one
     tensorboard: bool = False
     threads: int | None = Field(None, gt=0)
 
@@ -457,11 +459,10 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str])
     tree: dict = {}
     source = path or "config"
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise AlignkitError(f"{path}: config file not found")
+        from alignkit.data.files import read_text
+
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(read_text(path)) or {}
         except yaml.YAMLError as e:
             raise AlignkitError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(tree, dict):
@@ -479,6 +480,33 @@ def load_config(schema: type[BaseModel], path: str | None, overrides: list[str])
         return schema.model_validate(tree)
     except ValidationError as e:
         raise AlignkitError(format_validation(e, source)) from None
+
+
+# Keys a rerun may change and still continue the run in its directory: how long it runs, how often it logs and
+# saves, and where (not what) it computes with. Any other difference is another run.
+MAY_CHANGE = ("train.max_steps", "train.epochs", "train.resume", "train.overwrite", "train.output_dir",
+              "train.save_every", "train.keep_last", "train.log_every", "train.eval_every", "train.eval_batch_size",
+              "train.threads", "train.tensorboard", "reference.cache_dir", "generation.engine_urls",
+              "generation.engine_command", "generation.startup_timeout", "generation.engine_timeout",
+              "generation.sync_timeout", "generation.sync_dir")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_keys(before: dict, cfg: BaseModel) -> list[tuple[str, object, object]]:
+    """(key, old value, new value) for each key of a saved resolved config that `cfg` sets otherwise, ignoring
+    MAY_CHANGE (and anything below those keys)."""
+    old, new = _flatten(before), _flatten(cfg.model_dump(mode="json"))
+    keys = sorted(set(old) | set(new))
+    return [(k, old.get(k), new.get(k)) for k in keys
+            if old.get(k) != new.get(k) and not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)]
 
 
 def save_resolved(cfg: BaseModel, run_dir: Path) -> None:

@@ -59,11 +59,11 @@ def _schema(command: str):
 
 
 def _read_recipe(path: str) -> Recipe:
-    p = Path(path)
-    if not p.is_file():
-        raise AlignkitError(f"{path}: recipe not found")
+    from alignkit.data.files import read_text
+
+    text = read_text(path)
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml.safe_load(text) or {}
         return Recipe.model_validate(tree)
     except yaml.YAMLError as e:
         raise AlignkitError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None

@@ -122,7 +122,7 @@ def test_perplexity_bad_input(tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["eval", "perplexity", "--model", str(tiny_model), "--file", str(tmp_path / "missing.txt"),
               "--out", str(tmp_path)])
-    assert e.value.code == 2 and "missing.txt: text file not found" in capsys.readouterr().err
+    assert e.value.code == 2 and "missing.txt: file not found" in capsys.readouterr().err
     path = tmp_path / "t.txt"
     path.write_text("some words of text here", encoding="utf-8")
     with pytest.raises(SystemExit):

@@ -92,9 +92,9 @@ def test_a_judge_preferring_longer_answers_picks_them_in_both_orders(tmp_path):
     assert metrics["win_rate"] == 0.75 and metrics["win_rate_low"] <= 0.75 <= metrics["win_rate_high"]
 
 
-def test_unparseable_verdicts_are_retried_then_counted_apart(tmp_path):
+def test_unparseable_verdicts_are_retried_and_none_read_is_an_error(tmp_path, capsys):
     """The stand-in mumbles at temperature 0 and answers on a sampled retry: one retry recovers every verdict;
-    with none allowed, all are unparseable and count as ties in the win rate."""
+    with none allowed, no verdict is read at all, which is an error, not a win rate of 0.5 made of ties."""
     a, b = _answer_files(tmp_path, ["a ripe apple", "deep red", "the Nile", "Mars"],
                          ["pear", "blue", "Po", "planet Venus"])
     mumble = lambda body: "Hmm, hard to say." if body["temperature"] == 0 else prefer_longer(body)  # noqa: E731
@@ -102,9 +102,26 @@ def test_unparseable_verdicts_are_retried_then_counted_apart(tmp_path):
         rows, metrics = _pairwise(url, a, b, tmp_path / "retried", "--retries", "1")
         assert (metrics["wins"], metrics["losses"], metrics["unparseable"]) == (3, 1, 0)
         assert all(r["attempts"] == 4 for r in rows)  # two per order
-        _, metrics = _pairwise(url, a, b, tmp_path / "not-retried", "--retries", "0")
-    assert (metrics["wins"], metrics["ties"], metrics["losses"], metrics["unparseable"]) == (0, 0, 0, 4)
-    assert metrics["win_rate"] == 0.5
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            _pairwise(url, a, b, tmp_path / "not-retried", "--retries", "0")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "judge stand-in" in err and "readable verdict" in err and "Hmm, hard to say." in err
+    assert not (tmp_path / "not-retried" / "summary.json").exists()
+
+
+def test_some_unparseable_verdicts_are_counted_apart_as_ties(tmp_path):
+    """The stand-in never gives a verdict on the river: that prompt is unparseable, reported on its own and
+    scored as a tie; the other three are judged (two wins, one loss)."""
+    a, b = _answer_files(tmp_path, ["a ripe apple", "deep red", "the Nile", "Mars"],
+                         ["pear", "blue", "Po", "planet Venus"])
+    river = lambda body: "Rivers, hmm." if "river" in body["messages"][-1]["content"] else prefer_longer(body)  # noqa
+    with judge_server(river) as url:
+        rows, metrics = _pairwise(url, a, b, tmp_path / "out", "--retries", "1")
+    assert [r["outcome"] for r in rows] == ["win", "win", "unparseable", "loss"]
+    assert (metrics["wins"], metrics["ties"], metrics["losses"], metrics["unparseable"]) == (2, 0, 1, 1)
+    assert metrics["win_rate"] == (2 + 0.5) / 4
 
 
 def test_single_grading_and_answers_from_a_local_model(tiny_model, tmp_path):

@@ -76,7 +76,7 @@ def _post(url, body: bytes, key="sekret"):
 ])
 def test_bad_requests_get_400(served, body, status):
     code, payload = _post(served[0], body)
-    assert code == status and payload["error"]["message"]
+    assert code == status and payload["error"]["message"] and payload["error"]["type"] == "invalid_request_error"
 
 
 def test_key_is_required(served):

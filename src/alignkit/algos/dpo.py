@@ -140,7 +140,7 @@ def run(cfg: DPOConfig):
     print(f"reference: {mode}")
 
     algo = DPO(cfg, train_pairs, eval_pairs, reference, pad_id, steps, run)
-    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    trained, history = train(algo, policy.module, run)
     finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
            ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
             "eval_rewards/margins"))

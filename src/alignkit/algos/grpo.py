@@ -360,7 +360,7 @@ def run(cfg: GRPOConfig) -> Path:
         kind = {"none": "none (beta = 0)", "adapter": "adapter off", "copy": "frozen copy"}[mode]
         print(f"{cfg.preset}: {algo.total_steps} steps of {algo.prompts_per_step} prompts x {g.group_size} "
               f"completions; reference: {kind}; sampler: {backend.name}")
-        trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+        trained, history = train(algo, policy.module, run)
     finally:
         backend.close()
     finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("reward", "kl", "completion_length"))

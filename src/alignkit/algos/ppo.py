@@ -268,7 +268,7 @@ def run(cfg: PPOConfig) -> Path:
         algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, run, backend)
         print(f"ppo: {algo.total_steps} steps ({algo.steps_per_rollout} per rollout of {cfg.ppo.rollout_prompts} "
               f"prompts); critic from {critic_from}; sampler: {backend.name}")
-        trained, history = train(algo, ac, t, run.accelerator, run.run_dir)
+        trained, history = train(algo, ac, run)
     finally:
         backend.close()
     save_scalar_model(trained.critic, tokenizer, run.run_dir / "value", True, "value")

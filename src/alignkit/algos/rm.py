@@ -80,7 +80,7 @@ def run(cfg: RMConfig) -> Path:
     steps = total_steps(len(train_pairs), t, d.train)
     policy = load_policy(cfg, run, head="scalar")
     algo = RewardModelling(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, steps, run)
-    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    trained, history = train(algo, policy.module, run)
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
         save_scalar_model(trained, tokenizer, run.run_dir / "final", cfg.model.lora is None or cfg.model.lora.merge,

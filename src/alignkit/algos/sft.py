@@ -148,6 +148,6 @@ def run(cfg: SFTConfig) -> Path:
     steps = total_steps(len(train_rows), t, d.train)
     policy = load_policy(cfg, run)
     algo = SFT(cfg, train_rows, eval_rows, tokenizer.pad_token_id, steps, run)
-    trained, history = train(algo, policy.module, t, run.accelerator, run.run_dir)
+    trained, history = train(algo, policy.module, run)
     finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("loss", "eval_loss"))
     return run.run_dir

@@ -40,6 +40,42 @@ def end_of_turn_ids(tokenizer) -> set[int]:
     return ids
 
 
+class ControlText:
+    """The rule for chat-control text inside content: refused, never tokenized.
+
+    Every special or added token of the tokenizer (for SmolLM2 `<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, ...)
+    is tokenized into its single control id wherever its text appears, so a message, prompt or response holding
+    that text could forge a turn or end a response early. Content (any message's text, a string prompt or
+    response, a teacher's answer, a served request, a judge's input) that contains one is refused with an error
+    naming where it came from; templates themselves (the text the chat template adds) are not content.
+    """
+
+    def __init__(self, tokenizer):
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        texts = {t.content if hasattr(t, "content") else str(t) for t in added.values()}
+        texts.update(getattr(tokenizer, "all_special_tokens", []) or [])
+        self.strings = tuple(sorted((t for t in texts if t), key=len, reverse=True))
+
+    def find(self, text: str) -> str | None:
+        """The first control string in `text`, or None."""
+        if not isinstance(text, str):
+            return None
+        hits = [(text.find(t), t) for t in self.strings if t in text]
+        return min(hits)[1] if hits else None
+
+    def check(self, text, where: str, field: str) -> None:
+        """Raise when `text` (a string, a message or a list of messages) holds a control string."""
+        if isinstance(text, dict):
+            text = [text]
+        items = [(field, text)] if isinstance(text, str) else [
+            (f"{field}[{i}].content", m.get("content")) for i, m in enumerate(text or []) if isinstance(m, dict)]
+        for name, value in items:
+            hit = self.find(value)
+            if hit is not None:
+                raise AlignkitError(f"{where}: field '{name}': contains the tokenizer's control text {hit!r}, "
+                                    "which would be read as a special token (remove it or spell it otherwise)")
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -48,9 +84,19 @@ def _render(tokenizer, messages, **kw) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
 
 
-def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat prompt with the generation prompt, exactly as the contract renders prompts."""
+def chat_prompt_ids(tokenizer, messages: list[dict], where: str = "prompt", field: str = "messages") -> list[int]:
+    """Token ids of a chat prompt with the generation prompt, exactly as the contract renders prompts. Content with
+    the tokenizer's control text is refused (ControlText), naming `where` and `field`."""
+    ControlText(tokenizer).check(messages, where, field)
     return _encode(tokenizer, _render(tokenizer, messages, add_generation_prompt=True))
+
+
+def task_prompt_ids(tokenizer, item) -> list[int]:
+    """chat_prompt_ids of a task item's question (tasks/base.Item); control text in a question read from a file is
+    refused naming the file, row and field."""
+    where = item.meta.get("where", f"task item {item.id}")
+    ControlText(tokenizer).check(item.question, where, item.meta.get("field", "question"))
+    return chat_prompt_ids(tokenizer, item.messages(), where)
 
 
 class Tokenize:
@@ -58,6 +104,7 @@ class Tokenize:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.control = ControlText(tokenizer)
         self.eot = end_of_turn_ids(tokenizer)
         if tokenizer.eos_token_id is None:
             raise AlignkitError("tokenizer has no eos token; cannot end standard responses")
@@ -74,6 +121,8 @@ class Tokenize:
 
     def __call__(self, row: PreferenceRow, source: str) -> TokenizedPair:
         where = f"{source}: row {row.row}"
+        for field in ("prompt", "chosen", "rejected"):
+            self.control.check(getattr(row, field), where, field)
         if row.conversational:
             if self.tokenizer.chat_template is None:
                 raise AlignkitError(f"{where}: field 'prompt': conversational row but the tokenizer has no chat template")
@@ -106,6 +155,7 @@ class TokenizeSFT:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.control = ControlText(tokenizer)
         self.eot_texts = [t for t in EOT_TOKENS if t in tokenizer.get_vocab()]
         if tokenizer.eos_token and tokenizer.eos_token not in self.eot_texts:
             self.eot_texts.append(tokenizer.eos_token)
@@ -114,6 +164,9 @@ class TokenizeSFT:
         from alignkit.data.records import _messages
 
         where = f"{source}: row {number}"
+        for field in ("messages", "prompt", "completion", "chosen"):
+            if isinstance(record.get(field), (str, list, dict)):
+                self.control.check(record[field], where, field)
         if "messages" in record:
             messages = _messages(record["messages"], where, "messages")
             trained = {i for i, m in enumerate(messages) if m["role"] == "assistant"}

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Iterator
 
 from alignkit import AlignkitError
+from alignkit.data.files import read_bytes, read_text
+
+
+def _no_constant(name: str):
+    """JSON's non-standard NaN, Infinity and -Infinity are refused: no data value may be non-finite."""
+    raise ValueError(f"{name} is not a number JSON allows (no NaN or Infinity in data)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} overflows to infinity (no non-finite number in data)")
+    return value
 
 
 def read_rows(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
@@ -22,20 +35,28 @@ def read_rows(path: str, split: str = "train") -> Iterator[tuple[int, dict]]:
         return
     suffix = p.suffix.lower()
     if suffix == ".jsonl":
-        with p.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise AlignkitError(f"{path}: row {number}: malformed JSON ({e.msg}, column {e.colno})") from None
-                yield number, _as_record(record, path, number)
+        for number, raw in enumerate(read_bytes(path).splitlines(), 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise AlignkitError(f"{path}: row {number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                    f"{e.start + 1}); save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line, parse_constant=_no_constant, parse_float=_finite)
+            except json.JSONDecodeError as e:
+                raise AlignkitError(f"{path}: row {number}: malformed JSON ({e.msg}, column {e.colno})") from None
+            except ValueError as e:
+                raise AlignkitError(f"{path}: row {number}: {e}") from None
+            yield number, _as_record(record, path, number)
     elif suffix == ".json":
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path), parse_constant=_no_constant, parse_float=_finite)
         except json.JSONDecodeError as e:
             raise AlignkitError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+        except ValueError as e:
+            raise AlignkitError(f"{path}: {e}") from None
         if isinstance(data, dict) and isinstance(data.get(split), list):
             data = data[split]
         if not isinstance(data, list):

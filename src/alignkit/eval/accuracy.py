@@ -22,10 +22,10 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
              top_p: float = 1.0, max_new_tokens: int = 128, seed: int = 0):
     """(per-item results, summary); `sampler` is a rollout backend (generation/rollout.py): the local sampler on a
     loaded model, or vLLM engines."""
-    from alignkit.data.chat import chat_prompt_ids
+    from alignkit.data.chat import task_prompt_ids
 
     started = time.time()
-    prompts = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
+    prompts = [task_prompt_ids(tokenizer, item) for item in items]
     greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)
     sampled = (sampler.generate(prompts, n=samples, temperature=temperature, top_p=top_p,
                                 max_new_tokens=max_new_tokens, seed=seed) if samples else None)

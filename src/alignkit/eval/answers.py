@@ -42,12 +42,19 @@ def read_answers(path: str) -> dict[str, str]:
             for number, prompt, record in read_prompts(path)}
 
 
-def generate_answers(model_path: str, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers of a local model, each prompt asked as one user turn."""
+def generate_answers(model_path: str, prompts: list[str], max_new_tokens: int, batch_size: int,
+                     sources: list[str] | None = None) -> list[str]:
+    """Greedy answers of a local model, each prompt asked as one user turn. `sources` ("file: row n", one per
+    prompt) name a prompt whose text holds the tokenizer's control text."""
+    from alignkit.data.chat import ControlText
     from alignkit.generation.sample import chat_prompt_ids, generate
     from alignkit.models.load import load_model, load_tokenizer
 
-    tokenizer, model = load_tokenizer(model_path), load_model(model_path).eval()
+    tokenizer = load_tokenizer(model_path)
+    control = ControlText(tokenizer)
+    for i, p in enumerate(prompts):
+        control.check(p, sources[i] if sources else f"prompt {i + 1}", "prompt")
+    model = load_model(model_path).eval()
     ids = [chat_prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     samples = generate(model, tokenizer, ids, n=1, temperature=0, max_new_tokens=max_new_tokens,
                        batch_size=batch_size)
@@ -62,8 +69,9 @@ def collect_answers(answers: list[str], models: list[str], prompts_file: str | N
     if models:
         if not prompts_file:
             raise AlignkitError("--model needs --prompts (a JSONL file with a 'prompt' or 'question' field)")
-        prompts = [prompt for _, prompt, _ in read_prompts(prompts_file)]
-        return prompts, [generate_answers(m, prompts, max_new_tokens, batch_size) for m in models], list(models)
+        rows = read_prompts(prompts_file)
+        prompts, sources = [p for _, p, _ in rows], [f"{prompts_file}: row {n}" for n, _, _ in rows]
+        return prompts, [generate_answers(m, prompts, max_new_tokens, batch_size, sources) for m in models], list(models)
     tables = [read_answers(path) for path in answers]
     prompts = list(tables[0])
     for path, table in zip(answers[1:], tables[1:]):

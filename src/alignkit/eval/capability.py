@@ -70,13 +70,9 @@ def text_nll(model, ids: list[int], max_length: int, stride: int) -> tuple[float
 def run_perplexity(model_path: str, file: str, max_length: int, stride: int) -> dict:
     from alignkit.models.load import load_model, load_tokenizer
 
-    path = Path(file)
-    if not path.is_file():
-        raise AlignkitError(f"{file}: text file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise AlignkitError(f"{file}: not UTF-8 text (byte {e.start})") from None
+    from alignkit.data.files import read_text
+
+    text = read_text(file)
     started = time.time()
     tokenizer = load_tokenizer(model_path)
     ids = _encode(tokenizer, text)
@@ -92,8 +88,11 @@ def run_perplexity(model_path: str, file: str, max_length: int, stride: int) -> 
 # --- multiple choice -----------------------------------------------------------------------------------------
 
 def _csv_rows(path: Path):
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f))
+    import io
+
+    from alignkit.data.files import read_text
+
+    rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
     if not rows:
         return
     header = [h.strip() for h in rows[0]]

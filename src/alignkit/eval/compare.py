@@ -15,7 +15,6 @@ accuracies), relative to A's value otherwise (a perplexity up by more than 2% at
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from alignkit import AlignkitError
 
@@ -37,11 +36,10 @@ def direction(name: str) -> int:
 
 
 def load_metrics(path: str) -> dict[str, float]:
-    p = Path(path)
-    if not p.is_file():
-        raise AlignkitError(f"{path}: summary file not found")
+    from alignkit.data.files import read_text
+
     try:
-        summary = json.loads(p.read_text(encoding="utf-8"))
+        summary = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise AlignkitError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
     if not isinstance(summary, dict):

@@ -17,6 +17,10 @@ disagreement is a tie. A verdict the judge keeps garbling after `--retries` re-a
 0.7) counts as `unparseable`: a tie in the win rate, reported on its own. The summary gives wins, ties, losses
 and the win rate (wins + ties / 2) / n with a seeded bootstrap 95% interval.
 
+A judge none of whose verdicts (or ratings) can be read is an error, not a summary; so is a judge endpoint that
+answers client errors (a wrong URL, model name or key). No text the judge reads may hold chat-control text
+(`<|im_end|>`, ...): such a prompt or answer is refused naming its file, row and field (see `_refuse_control_text`).
+
 Writes `results.jsonl` (one line per prompt, judge replies included) and `summary.json` to `--out`.
 """
 
@@ -28,7 +32,7 @@ from pathlib import Path
 
 from alignkit import AlignkitError
 from alignkit.eval.answers import collect_answers
-from alignkit.eval.judges import ask
+from alignkit.eval.judges import ANSWER_FIELDS, PROMPT_FIELDS, ask, check_generated, check_rows, unreadable
 from alignkit.eval.metrics import bootstrap_interval, win_rate
 
 SYSTEM = {"en": "You are a helpful and impartial assistant.", "zh": "你是一个乐于助人且公正的助手。"}
@@ -144,10 +148,12 @@ def grade(judge, prompts: list[str], answers: list[str], system: str, template: 
     results = [{"prompt": p, "answer": a, "judgment": text, "rating": rating, "attempts": attempts}
                for p, a, (text, rating, attempts) in zip(prompts, answers, replies)]
     ratings = [r["rating"] for r in results if r["rating"] is not None]
+    if not ratings:  # a mean rating from no ratings would look like a result
+        raise unreadable(judge, f"none of its {len(results)} replies held a readable rating",
+                         [r["judgment"] for r in results], retries)
     metrics = {"items": len(results), "rated": len(ratings), "unparseable": len(results) - len(ratings)}
-    if ratings:
-        low, high = bootstrap_interval(ratings, resamples, seed=seed)
-        metrics.update(mean_rating=sum(ratings) / len(ratings), mean_rating_low=low, mean_rating_high=high)
+    low, high = bootstrap_interval(ratings, resamples, seed=seed)
+    metrics.update(mean_rating=sum(ratings) / len(ratings), mean_rating_low=low, mean_rating_high=high)
     return results, metrics
 
 
@@ -168,6 +174,9 @@ def compare(judge, prompts: list[str], answers_1: list[str], answers_2: list[str
                         "verdict_first": first, "judgment_swapped": text_swapped, "verdict_swapped": swapped,
                         "attempts": tries_first + tries_swapped, "outcome": outcome(first, swapped)})
     counts = {k: sum(r["outcome"] == k for r in results) for k in ("win", "tie", "loss", "unparseable")}
+    if counts["unparseable"] == n:  # the win rate would be 0.5 from ties made of unread verdicts
+        raise unreadable(judge, f"none of the {n} prompts got a readable verdict in both orders",
+                         [text for text, _, _ in replies], retries)
     scores = [{"win": 1.0, "loss": 0.0}.get(r["outcome"], 0.5) for r in results]  # unparseable scores as a tie
     low, high = bootstrap_interval(scores, resamples, seed=seed)
     # Position bias at work: each order gave a clear but opposite winner (both said A, or both said B).
@@ -177,6 +186,23 @@ def compare(judge, prompts: list[str], answers_1: list[str], answers_2: list[str
                "win_rate": win_rate(counts["win"], counts["tie"] + counts["unparseable"], counts["loss"]),
                "win_rate_low": low, "win_rate_high": high}
     return results, metrics
+
+
+def _refuse_control_text(judge, answers: list[str], models: list[str], prompts_file: str | None,
+                         sides_answers: list[list[str]]) -> None:
+    """Refuse a prompt or answer holding the judge's control text, naming file, row and field.
+
+    A local judge renders the judge prompt with its own chat template: an answer holding `<|im_end|>` would close
+    the judge's turn and could forge its verdict. An endpoint judge templates on the server; it is refused all
+    the same (on the control strings of common templates, judges.ENDPOINT_CONTROL_TEXT): one rule for every judge
+    is the simplest to explain and the safe side, as servers tokenize such text into special tokens too."""
+    if answers:
+        for path in answers:
+            check_rows(judge.control, path, (PROMPT_FIELDS, ANSWER_FIELDS))
+        return
+    check_rows(judge.control, prompts_file, (PROMPT_FIELDS,))
+    for model, side in zip(models, sides_answers):
+        check_generated(judge.control, model, prompts_file, side)
 
 
 def run(mode: str, answers: list[str], models: list[str], prompts_file: str | None, judge_factory, template_file,
@@ -191,6 +217,7 @@ def run(mode: str, answers: list[str], models: list[str], prompts_file: str | No
     started = time.time()
     prompts, sides_answers, names = collect_answers(answers, models, prompts_file, max_new_tokens, batch_size)
     judge = judge_factory()
+    _refuse_control_text(judge, answers, models, prompts_file, sides_answers)
     if mode == "single":
         results, metrics = grade(judge, prompts, sides_answers[0], system, template, retries, resamples, seed)
         summary = {"command": "eval judge single", "answers": names[0]}

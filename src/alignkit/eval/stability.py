@@ -21,10 +21,11 @@ from alignkit.tasks.extract import equivalent, extract_answer
 
 def evaluate(model, tokenizer, task, items, samples: int, temperature: float, top_p: float, max_new_tokens: int,
              batch_size: int, seed: int) -> tuple[list[dict], dict]:
-    from alignkit.generation.sample import chat_prompt_ids, generate
+    from alignkit.data.chat import task_prompt_ids
+    from alignkit.generation.sample import generate
 
     started = time.time()
-    prompts = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
+    prompts = [task_prompt_ids(tokenizer, item) for item in items]
     sampled = generate(model, tokenizer, prompts, n=samples, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
     results = []

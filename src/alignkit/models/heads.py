@@ -50,24 +50,20 @@ def last_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def save_scalar_model(module: ScalarHead, tokenizer, dest: Path, merge: bool, kind: str) -> None:
-    import os
-    import shutil
-
     from safetensors.torch import save_file
 
-    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    from alignkit.train.checkpoint import atomic_dir
+
     model = module.model
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    head = module.head
-    save_file({"weight": head.weight.detach().contiguous().cpu(), "bias": head.bias.detach().contiguous().cpu()},
-              str(tmp / HEAD_FILE))
-    (tmp / MARKER).write_text(json.dumps({"kind": kind, "hidden_size": head.in_features}))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.rename(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        head = module.head
+        save_file({"weight": head.weight.detach().contiguous().cpu(), "bias": head.bias.detach().contiguous().cpu()},
+                  str(tmp / HEAD_FILE))
+        (tmp / MARKER).write_text(json.dumps({"kind": kind, "hidden_size": head.in_features}))
 
 
 def load_scalar_model(path: str, dtype: str = "float32") -> ScalarHead:

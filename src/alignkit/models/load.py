@@ -47,8 +47,12 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf.name, dest)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # the gguf reader raises struct, value and key errors on a truncated or foreign file
+        raise AlignkitError(f"{gguf}: cannot read this GGUF file ({type(e).__name__}: {str(e)[:120]}); "
+                            "truncated or not a model?") from None
     # The de-quantised weights are plain floats: save them as an ordinary checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -220,20 +221,21 @@ def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
 
 def read_logps(path: str, pairs: list[TokenizedPair], data_source: str) -> TableReference:
     """Reference log-probs for `pairs` from an `alignkit logps` file; rows and token counts must match."""
-    p = Path(path)
-    if not p.is_file():
-        raise AlignkitError(f"{path}: reference log-probs file not found")
+    from alignkit.data.files import read_text
+
     table = {}
-    with p.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                table[int(r["row"])] = r
-                float(r["chosen_logp"]), float(r["rejected_logp"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise AlignkitError(f"{path}: row {number}: not a logps record ({type(e).__name__}: {e})") from None
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            table[int(r["row"])] = r
+            values = float(r["chosen_logp"]), float(r["rejected_logp"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise AlignkitError(f"{path}: row {number}: not a logps record ({type(e).__name__}: {e})") from None
+        if not all(math.isfinite(v) and v <= 0 for v in values):
+            raise AlignkitError(f"{path}: row {number}: field 'chosen_logp'/'rejected_logp': {values} is not a "
+                                "log-probability (finite and at most 0)")
     out = {}
     for pair in pairs:
         r = table.get(pair.row)

@@ -13,7 +13,13 @@ Output, in `output_dir`:
     summary.json    questions, student accuracy, pairs, skips, drops by reason
 Both JSONL files are append-only, one fsynced write per record. A rerun after a crash, a Ctrl-C or an endpoint
 outage picks up where the run stopped: questions already in outcomes.jsonl are not asked again, and student
-samples are seeded per question, so the resumed run writes what an uninterrupted one would have.
+samples are seeded per question, so the resumed run writes what an uninterrupted one would have. A teacher
+endpoint that is down or misconfigured (a wrong URL, model name or key) stops the run with an error naming it;
+the questions it failed are not recorded, so a rerun against the fixed endpoint asks them.
+
+No pair holds the student's chat-control text (its tokenizer's special and added tokens, e.g. `<|im_end|>`): a
+question holding some is an error, a teacher answer holding some is a failed attempt (`control_text`), and a
+student answer holding some is not used as `rejected` (`student_control_text` when no other wrong one is left).
 """
 
 from __future__ import annotations
@@ -39,18 +45,32 @@ def _fingerprint(cfg: PairsConfig) -> dict:
             "teacher.kind": dump["teacher"]["kind"], "teacher.model": dump["teacher"]["model"]}
 
 
-def _check_same_run(out: Path, cfg: PairsConfig) -> None:
+def _depends_on(pairs: list[dict], outcomes: list[dict]) -> tuple[str, ...]:
+    """The fingerprint keys the records so far depend on: the teacher's only once it has taught (a pair or a drop)."""
+    if pairs or any("teacher_attempts" in o for o in outcomes):
+        return _SAME_RUN
+    return ("task", "student") if outcomes else ()
+
+
+def _check_same_run(out: Path, cfg: PairsConfig, pairs: list[dict], outcomes: list[dict]) -> None:
+    """Refuse a config that changes what the recorded questions were built with. A change nothing recorded
+    depends on is taken (the marker is rewritten): after a run stopped on a wrong teacher model name, the rerun
+    with the right name carries on."""
     marker = out / "run.json"
     now = _fingerprint(cfg)
     if marker.exists():
-        before = json.loads(marker.read_text())
-        changed = [k for k in _SAME_RUN if before.get(k) != now[k]]
+        try:
+            before = json.loads(marker.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise AlignkitError(f"{marker}: unreadable (edited or torn); move {out} away, or fix the file") from None
+        if not isinstance(before, dict):
+            raise AlignkitError(f"{marker}: not what pairs build writes (expected a JSON object); move {out} away")
+        changed = [k for k in _depends_on(pairs, outcomes) if before.get(k) != now[k]]
         if changed:
             raise AlignkitError(f"{out}: holds pairs built with a different {', '.join(changed)}; "
                                 f"use another output_dir or move this one away")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(now, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(now, indent=1))
 
 
 def _reconcile(pairs: list[dict], outcomes: list[dict], outcome_log: AppendLog) -> dict[str, dict]:
@@ -81,11 +101,23 @@ def summarize(outcomes: dict[str, dict], total: int, retries: int = 0) -> dict:
     }
 
 
-def _rejected(task, item, samples):
-    """The student's first wrong, non-empty answer, preferring ones that ended on their own."""
+def _rejected(task, item, samples, control):
+    """(the student's first wrong, non-empty answer, None), preferring ones that ended on their own, or (None, why
+    there is none). An answer holding control text is never used: trained on, it would forge a turn."""
     wrong = [s for s in samples if s.text.strip() and not task.evaluate(item, s.text)]
-    finished = [s for s in wrong if s.finished]
-    return (finished or wrong or [None])[0]
+    usable = [s for s in wrong if control.find(s.text) is None]
+    finished = [s for s in usable if s.finished]
+    if usable:
+        return (finished or usable)[0], None
+    return None, "student_control_text" if wrong else "student_empty"
+
+
+def _check_questions(control, items, task_name: str) -> None:
+    """A question holding control text is refused, named by its file, row and field (a question file's items
+    carry them) or by task and id: it would become a prompt the student trains on."""
+    for item in items:
+        where = item.meta.get("where", f"task {task_name}: question {item.id}")
+        control.check(item.question, where, item.meta.get("field", "question"))
 
 
 def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
@@ -94,10 +126,10 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
     out = Path(cfg.output_dir)
     task = make_task(cfg.task)
     items = task_items(task, cfg.task)
-    _check_same_run(out, cfg)
+    pair_rows, outcome_rows = repair(out / "pairs.jsonl"), repair(out / "outcomes.jsonl")
+    _check_same_run(out, cfg, pair_rows, outcome_rows)
     save_resolved(cfg, out)
 
-    pair_rows, outcome_rows = repair(out / "pairs.jsonl"), repair(out / "outcomes.jsonl")
     pair_log, outcome_log = AppendLog(out / "pairs.jsonl"), AppendLog(out / "outcomes.jsonl")
     outcomes: dict[str, dict] = {}
     backend = None  # the student's sampler, opened once there is a question to ask
@@ -111,7 +143,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         teacher = sampler = None
         started = time.time()
         if todo:
-            from alignkit.data.chat import chat_prompt_ids
+            from alignkit.data.chat import ControlText, chat_prompt_ids
             from alignkit.generation.rollout import LocalBackend, from_config
             from alignkit.models.load import load_model, load_tokenizer
             from alignkit.pairs.teachers import make_teacher
@@ -119,9 +151,11 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             s = cfg.student
             if tokenizer is None:
                 tokenizer = load_tokenizer(s.model, s.trust_remote_code)
+            control = ControlText(tokenizer)  # the student's: the pairs are trained on the student
+            _check_questions(control, todo, task.name)
             if s.backend == "local" and student is None:
                 student = load_model(s.model, trust_remote_code=s.trust_remote_code)
-            teacher = make_teacher(cfg.teacher)
+            teacher = make_teacher(cfg.teacher, control)
             backend = LocalBackend(student, tokenizer, s.batch_size) if s.backend == "local" else \
                 from_config(s, tokenizer, None, s.model, out)
             if s.backend == "local" and s.temperature == 1.0 and s.top_p == 1.0:
@@ -139,11 +173,11 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             for item, item_samples in zip(chunk, samples):
                 correct = sum(task.evaluate(item, x.text) for x in item_samples)
                 base = {"id": item.id, "student_correct": correct, "student_samples": len(item_samples)}
-                choice = _rejected(task, item, item_samples)
+                choice, reason = _rejected(task, item, item_samples, control)
                 if choice is None:
-                    reason = "student_always_right" if correct == len(item_samples) else "student_empty"
-                    record = {**base, "outcome": "skipped" if correct == len(item_samples) else "dropped",
-                              "reason": reason}
+                    always_right = correct == len(item_samples)
+                    record = {**base, "outcome": "skipped" if always_right else "dropped",
+                              "reason": "student_always_right" if always_right else reason}
                     outcome_log.write(record)
                     outcomes[item.id] = record
                 else:
@@ -179,10 +213,14 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             log(f"pairs: {so_far['done']}/{len(items)} questions, {so_far['pairs']} pairs, "
                 f"{so_far['skipped_always_right']} skipped, {so_far['dropped']} dropped ({time.time() - started:.0f}s)")
     except AlignkitError as e:
+        from alignkit.generation.openai_client import EndpointMisconfigured
+
         summary = summarize(outcomes, len(items), retries)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        # An outage passes; a wrong URL, model name or key has to be fixed before a rerun gets further.
+        then = "fix the teacher and rerun" if isinstance(e, EndpointMisconfigured) else "rerun the same command"
         raise AlignkitError(f"{e}; {summary['done']} of {len(items)} questions are saved in {out}, "
-                            f"rerun the same command to resume") from None
+                            f"{then} to resume") from None
     finally:
         pair_log.close()
         outcome_log.close()

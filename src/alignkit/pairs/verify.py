@@ -1,6 +1,7 @@
 """Checks every teacher answer must pass before it becomes `chosen`.
 
-1. It is not empty.
+1. It is not empty, and holds none of the student's chat-control text (`<|im_end|>`, ...: the special and
+   added tokens of the student's tokenizer, which would be tokenized into control ids and forge a turn).
 2. Its last line states the final answer: the answer line in the fixed format ("Answer: 42" / "答案：42",
    markdown decoration tolerated) or a sentence with an answer marker ("So the answer is 42."); that answer
    equals the known one, and so does the answer the task's own grader extracts from the whole text.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from alignkit.data.chat import ControlText
 from alignkit.tasks.base import ANSWER_LINE, Item, Task
 from alignkit.tasks.extract import equivalent, extract_answer
 
@@ -50,11 +52,15 @@ def wrong_step(text: str) -> str | None:
     return None
 
 
-def verify(task: Task, item: Item, text: str | None, reveal_phrases: list[str],
-           min_reasoning_chars: int) -> tuple[str | None, str | None]:
-    """(canonical text, None) when `text` passes, else (None, the reason it failed)."""
+def verify(task: Task, item: Item, text: str | None, reveal_phrases: list[str], min_reasoning_chars: int,
+           control: ControlText | None = None) -> tuple[str | None, str | None]:
+    """(canonical text, None) when `text` passes, else (None, the reason it failed).
+
+    `control` is the student's control-text rule; without one (checking a pairs file again) it is not applied."""
     if text is None or not text.strip():
         return None, "empty"
+    if control is not None and control.find(text) is not None:
+        return None, "control_text"
     lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
     last = _plain(lines[-1])
     m = _ANSWER_LINE.match(last)

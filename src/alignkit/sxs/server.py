@@ -10,20 +10,25 @@ on seeded sides, model names hidden, plus progress), `POST /api/label` with a JS
 maps left/right back to the real models and records which model was shown on which side. Bad requests get a
 4xx and a JSON `{"error": ...}`, and store nothing. Bound to a non-loopback address it refuses to start
 without an access token; the token travels as the X-Sxs-Token header or the `token` query parameter.
+
+The HTTP plumbing (a listen backlog that holds a burst of clients, a socket timeout per connection, strict
+reading of bodies and JSON, the loopback-only Host rule) is alignkit.httpd, shared with `alignkit serve`.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import sqlite3
+import traceback
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from alignkit import AlignkitError
+from alignkit.httpd import (REQUEST_TIMEOUT, BadRequest, Server, ignore_body, is_loopback, listen, loopback_host,
+                            parse_json_object, read_body)
 from alignkit.sxs import page
 from alignkit.sxs.items import Item, a_on_left, annotator_order, load_items
 from alignkit.sxs.store import LabelStore
@@ -41,21 +46,6 @@ SECURITY_HEADERS = {
 }
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _annotator(value) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 64 or not value.isprintable():
         raise BadRequest(400, "'annotator' must be a printable string of 1 to 64 characters")
@@ -64,12 +54,7 @@ def _annotator(value) -> str:
 
 def parse_label(body: bytes, items: dict[str, Item], seed: int) -> dict:
     """A label request body -> the row to store (choice mapped back to the real models), or BadRequest."""
-    try:
-        req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"body is not valid JSON ({e})") from None
-    if not isinstance(req, dict):
-        raise BadRequest(400, "body must be a JSON object")
+    req = parse_json_object(body)
     unknown = set(req) - {"annotator", "pair_id", "choice", "comment"}
     if unknown:
         raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -96,7 +81,7 @@ def parse_label(body: bytes, items: dict[str, Item], seed: int) -> dict:
 
 
 def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1", port: int = 8700,
-                token: str | None = None, seed: int = 0) -> ThreadingHTTPServer:
+                token: str | None = None, seed: int = 0, request_timeout: float = REQUEST_TIMEOUT) -> Server:
     if token is not None and len(token) < MIN_TOKEN:
         raise AlignkitError(f"the access token must be at least {MIN_TOKEN} characters "
                             "(python -c 'import secrets; print(secrets.token_urlsafe(24))')")
@@ -122,6 +107,7 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = request_timeout  # a stalled client frees its thread after this many seconds
 
         def log_message(self, *args):  # quiet; errors go back to the client
             pass
@@ -132,17 +118,28 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
             self.send_header("Content-Length", str(len(body)))
             for name, value in SECURITY_HEADERS.items():
                 self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def _json(self, status: int, payload: dict) -> None:
             self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """The errors http.server answers itself (a malformed request line, headers too long, an
+            unsupported method) in this API's JSON, like every other error."""
+            self.close_connection = True
+            if self.request_version == "HTTP/0.9":  # a garbled request line: answer with a status line anyway
+                self.request_version = "HTTP/1.0"
+            self._json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
         def _check(self, url, static: bool) -> None:
             """The access token for the API when one is set (the page and its script hold no data); without
             one, only requests addressed to a loopback name or address (no DNS-rebinding pages)."""
             if not token:
-                if not is_loopback(urlsplit(f"//{self.headers.get('Host', '')}").hostname or ""):
+                if not loopback_host(self.headers.get("Host")):
                     raise BadRequest(403, "this server only answers requests addressed to the loopback interface")
             elif not static:
                 given = self.headers.get("X-Sxs-Token") or parse_qs(url.query).get("token", [""])[0]
@@ -155,11 +152,9 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
             try:
                 body = b""
                 if method == "POST":
-                    length = self.headers.get("Content-Length") or "0"
-                    if not length.isdigit() or int(length) > MAX_BODY:
-                        self.close_connection = True  # an unread body must not be parsed as the next request
-                        raise BadRequest(413, f"give a Content-Length of at most {MAX_BODY} bytes")
-                    body = self.rfile.read(int(length))
+                    body = read_body(self, MAX_BODY)
+                else:
+                    ignore_body(self)
                 static = method == "GET" and url.path in STATIC
                 self._check(url, static)
                 if static:
@@ -169,6 +164,9 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
                     annotator = _annotator(parse_qs(url.query).get("annotator", [""])[0])
                     self._json(200, next_item(annotator))
                 elif method == "POST" and url.path == "/api/label":
+                    # JSON only, and a missing Content-Type is refused too: a page on another site can post
+                    # text/plain, a form, or a body with no Content-Type at all without a CORS preflight,
+                    # but not application/json.
                     if self.headers.get_content_type() != "application/json":
                         raise BadRequest(415, "Content-Type must be application/json")
                     row = parse_label(body, items, seed)
@@ -182,6 +180,12 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
                 self._json(e.status, {"error": str(e)})
             except sqlite3.Error as e:  # a full disk, a locked file: the client learns the label was not stored
                 self._json(500, {"error": f"labels database: {e}"})
+            except (ConnectionError, TimeoutError):
+                raise  # the client is gone or stuck: nothing to answer (Server.handle_error stays quiet)
+            except Exception:  # a bug: the client still gets an answer, the traceback goes to stderr
+                traceback.print_exc()
+                self.close_connection = True
+                self._json(500, {"error": "internal server error (see the server's log)"})
 
         def do_GET(self):
             self._handle("GET")
@@ -189,10 +193,7 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
         def do_POST(self):
             self._handle("POST")
 
-    try:
-        return ThreadingHTTPServer((host, port), Handler)
-    except OSError as e:
-        raise AlignkitError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return listen(Handler, host, port)
 
 
 def serve(pairs: str, db: str, host: str, port: int, token: str | None, seed: int) -> None:

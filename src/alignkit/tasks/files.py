@@ -8,10 +8,15 @@ Answers may be GSM8K-style ("...reasoning... #### 42"), boxed ("\\boxed{42}"), a
 
 from __future__ import annotations
 
+import re
+
 from alignkit import AlignkitError
 from alignkit.data.formats import read_rows
 from alignkit.tasks.base import Item, Task
 from alignkit.tasks.extract import parse_gold
+
+
+_NOT_FINITE = re.compile(r"[+-]?(nan|inf|infinity|∞|\\infty)")
 
 
 def _guess_language(text: str) -> str:
@@ -43,9 +48,13 @@ class FileTask(Task):
             if item_id in seen:
                 raise AlignkitError(f"{where}: field '{id_field}': duplicate id '{item_id}'")
             seen.add(item_id)
-            question = fields[question_field]
-            items.append(Item(id=item_id, question=question, answer=parse_gold(fields[answer_field]),
-                              language=_guess_language(question), meta={"row": number}))
+            question, answer = fields[question_field], parse_gold(fields[answer_field])
+            if _NOT_FINITE.fullmatch(answer.strip().lower()):
+                raise AlignkitError(f"{where}: field '{answer_field}': {answer!r} is not a finite number; a gold answer "
+                                    "must be one every grader can match")
+            items.append(Item(id=item_id, question=question, answer=answer,
+                              language=_guess_language(question),
+                              meta={"row": number, "where": where, "field": question_field}))
         if not items:
             raise AlignkitError(f"{self.path}: no rows")
         return items

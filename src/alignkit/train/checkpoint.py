@@ -7,6 +7,7 @@ removed, so the previous checkpoint stays loadable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,26 @@ def _fsync_tree(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path):
+    """Write a directory (a final model) all at once: yields a temporary sibling to fill, which replaces `dest`
+    only when the block finishes. A failure removes it; what an earlier killed write left (`<name>.tmp-*`) is
+    removed first, so no model-sized leftover survives the next write."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in dest.parent.glob(f"{dest.name}.tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    old = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-old")
+    try:
+        yield tmp
+        if dest.exists():
+            os.rename(dest, old)  # a rename, not a delete: the old directory leaves and the new one arrives at once
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -73,13 +94,33 @@ def latest(ckpt_root: Path) -> Path | None:
 
 
 def load(path: Path, model, optimizer, scheduler) -> int:
-    tensors = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
+    """Restore a checkpoint into model, optimizer and scheduler; returns its step. A file that cannot be read (an
+    empty or torn file, another run's checkpoint) is an error naming it, before anything is restored."""
+    from alignkit import AlignkitError
+
+    current = None
+    try:
+        current = path / "state.json"
+        state = json.loads(current.read_text())
+        step = int(state["step"])
+        current = path / "trainable.safetensors"
+        tensors = load_file(str(current))
+        current = path / "optimizer.pt"
+        optimizer_state = torch.load(current, weights_only=True)
+        current = path / "rng.pt"
+        rng = torch.load(current, weights_only=True)["torch"]
+        params = dict(model.named_parameters())
+        current = path / "trainable.safetensors"
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise ValueError(f"parameter {unknown[0]} is not in this model (another run's checkpoint?)")
+    except Exception as e:  # json, safetensors, pickle and key errors alike: the file is not what a save wrote
+        raise AlignkitError(f"{current}: unreadable checkpoint file ({type(e).__name__}: {str(e)[:120]}); "
+                            f"move {path} away to resume from an earlier checkpoint") from None
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-    state = json.loads((path / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(rng)
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return step

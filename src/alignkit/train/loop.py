@@ -63,8 +63,11 @@ def reduce_metrics(sums: dict[str, torch.Tensor], accelerator) -> dict[str, floa
     return out
 
 
-def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torch.nn.Module, list[dict]]:
-    """Run `cfg.total` optimizer steps of `algo` on `model` (a module returning what `algo.loss` needs)."""
+def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
+    """Run `algo.total_steps` optimizer steps of `algo` on `model` (a module returning what `algo.loss` needs),
+    in `run` (train/setup.Run: its train config, accelerator and directory)."""
+    cfg, accelerator, run_dir = run.cfg.train, run.accelerator, run.run_dir
+    run.begin()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
     scheduler = build_scheduler(optimizer, cfg, algo.total_steps)
@@ -98,12 +101,14 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
                 history.append({"step": step + 1, **metrics})
                 metrics_log.advance(step + 1)
                 continue
+            nonfinite = torch.zeros((), dtype=torch.bool)
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     with accelerator.autocast():  # the run's precision, whichever submodules `loss` calls
                         loss, m = algo.loss(model, batch)
                     accelerator.backward(loss)
+                nonfinite |= ~torch.isfinite(loss.detach()).cpu()
                 for k, v in m.items():
                     v = v.detach()
                     sums[k] = torch.maximum(sums[k], v) if k.endswith("_max") and k in sums else sums.get(k, 0) + v
@@ -111,6 +116,7 @@ def train(algo: Algorithm, model, cfg, accelerator, run_dir: Path) -> tuple[torc
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            _check_finite(step, nonfinite, grad_norm, accelerator)  # before the update: the weights stay finite
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -143,6 +149,21 @@ def held_out_sums(rows: list, batch_size: int, rank: int, world: int, metrics_of
         for k, v in metrics_of(mine[s : s + batch_size]).items():
             sums[k] = sums.get(k, 0) + v
     return sums
+
+
+def _check_finite(step: int, nonfinite: torch.Tensor, grad_norm, accelerator) -> None:
+    """Stop at a step whose loss or gradient is inf or nan, before the optimizer applies it: no checkpoint and no
+    final model is ever written with non-finite weights. Every process decides alike (one reduction)."""
+    from alignkit import AlignkitError
+
+    bad = nonfinite.float() + (~torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32))).float().cpu()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum").cpu()
+    if bad.item() > 0:
+        what = "loss" if nonfinite.item() else f"gradient norm ({float(grad_norm)})"
+        raise AlignkitError(f"step {step + 1}: the {what} is not finite; stopped before the update, so no weights "
+                            f"were changed by it and no final model is written (check the data, the learning rate, "
+                            f"train.bf16; the run resumes from its last checkpoint)")
 
 
 def _check_all_or_none(step: int, has_batch: bool, accelerator) -> None:
@@ -188,14 +209,8 @@ def finish(model, history: list[dict], tokenizer, cfg, run_dir: Path, accelerato
 
 def save_final(model, tokenizer, cfg, dest: Path) -> None:
     """The trained model (LoRA merged when cfg.model.lora.merge) and its tokenizer, written atomically."""
-    import os
-    import shutil
-
-    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
-    if cfg.model.lora is not None and cfg.model.lora.merge:
-        model = model.merge_and_unload()
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.rename(tmp, dest)
+    with checkpoint.atomic_dir(dest) as tmp:
+        if cfg.model.lora is not None and cfg.model.lora.merge:
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

@@ -2,11 +2,15 @@
 
     run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
     policy = load_policy(cfg, run)          # model, dropout off, LoRA, the log-prob wrapper on run.device
-    ... build the algorithm, then train.loop.train(algo, policy.module, cfg.train, run.accelerator, run.run_dir)
+    ... build the algorithm, then train.loop.train(algo, policy.module, run)
 
 `start_run` owns what must mean the same in every command: threads, the compute precision (`train.bf16` is bf16
 autocast wherever the hardware computes bf16 natively, float32 with a warning elsewhere), the batch-size checks
 against the number of processes, the seed, the run directory and its resolved config.
+
+A run directory holds one run. A rerun into it continues that run only when its resolved config is the same
+(apart from `config.MAY_CHANGE`: max_steps, logging, engine addresses...); otherwise it stops before writing
+anything, naming the keys. `train.overwrite=true` replaces the old run, once training is about to start.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 from torch import nn
 
 from alignkit import AlignkitError
-from alignkit.config import save_resolved
+from alignkit.config import changed_keys, save_resolved
 from alignkit.models.load import add_lora, bf16_is_fast, disable_dropout, load_model
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,16 @@ class Run:
     def autocast(self):
         """The run's compute precision for passes outside the prepared model (sampling, reference, rollouts)."""
         return self.accelerator.autocast() if self.cfg.train.bf16 else contextlib.nullcontext()
+
+    def begin(self) -> None:
+        """Training is about to start (every input read, the model loaded): an overwrite clears the old run's
+        outputs now, and the run directory gets this run's resolved config. Nothing is written earlier, so a
+        command that fails before this point leaves a finished run as it was."""
+        if self.accelerator.is_main_process:
+            if self.cfg.train.overwrite:
+                _clear_run(self.run_dir)
+            save_resolved(self.cfg, self.run_dir)
+        self.accelerator.wait_for_everyone()
 
     def sum_over_processes(self, values: list[float]) -> list[float]:
         """Element-wise sums over every process (the values themselves in a single process)."""
@@ -89,11 +103,55 @@ def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | Non
                             f"x {world} processes")
     set_seed(t.seed)
     run_dir = Path(t.output_dir)
+    _check_run_dir(cfg, run_dir)
     if accelerator.is_main_process:
-        save_resolved(cfg, run_dir)
         print(f"run: {run_dir}, {world} process(es) on {accelerator.device.type}, "
               f"{'bf16 autocast' if t.bf16 else 'float32'} compute")
     return Run(cfg, accelerator, run_dir)
+
+
+# What a training run writes into its directory (and an overwrite removes); engines.json and engine.log describe
+# the engines of the latest invocation and are rewritten by each.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "checkpoints", "final", "value", "tensorboard", "rollouts.jsonl")
+
+
+def _check_run_dir(cfg, run_dir: Path) -> None:
+    """Stop unless `run_dir` is new, holds this same run (to resume), or is to be overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AlignkitError(f"train.output_dir={run_dir}: is a file, not a directory")
+    held = [n for n in RUN_OUTPUTS if (run_dir / n).exists()]
+    if not held or cfg.train.overwrite:
+        return
+    ways = f"use another train.output_dir, or set train.overwrite=true to replace the run in {run_dir}"
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise AlignkitError(f"{run_dir}: holds a run ({', '.join(held)}) without its config.yaml; {ways}")
+    import yaml
+
+    try:
+        before = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise AlignkitError(f"{saved}: unreadable ({type(e).__name__}); {ways}") from None
+    if not isinstance(before, dict):
+        raise AlignkitError(f"{saved}: not a saved config (expected a mapping); {ways}")
+    changed = changed_keys(before, cfg)
+    if changed:
+        shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise AlignkitError(f"{run_dir}: holds a run with another config ({shown}{more}); {ways}")
+    if not cfg.train.resume:
+        raise AlignkitError(f"{run_dir}: holds a run and train.resume is false; {ways}")
+
+
+def _clear_run(run_dir: Path) -> None:
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 @dataclass
@@ -132,7 +190,7 @@ def load_policy(cfg, run: Run, head: str = "logps", before_adapter: Callable[[nn
 
 def load_task(cfg, run):
     """An RL command's prompts: (items, their rendered chat prompts as token ids, the rewards, the tokenizer)."""
-    from alignkit.data.chat import chat_prompt_ids
+    from alignkit.data.chat import task_prompt_ids
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards import Rewards
     from alignkit.tasks import make_task, task_items
@@ -141,7 +199,7 @@ def load_task(cfg, run):
     items = task_items(task, cfg.task)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     rewards = Rewards(cfg.rewards, task, tokenizer, run.device)
-    prompt_ids = [chat_prompt_ids(tokenizer, item.messages()) for item in items]
+    prompt_ids = [task_prompt_ids(tokenizer, item) for item in items]
     print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
     return items, prompt_ids, rewards, tokenizer
 
