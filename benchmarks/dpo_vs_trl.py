@@ -86,6 +86,9 @@ def parse_args(argv=None):
                    help="weights drawn at random from the model's config (seed 0) instead of loaded")
     p.add_argument("--alignkit-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra alignkit config override (repeatable), after the benchmark's own")
+    p.add_argument("--trl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra TRL DPOConfig field (repeatable; the value read as YAML), e.g. "
+                        "gradient_checkpointing=true or optim=adamw_bnb_8bit")
     # Worker-only arguments (set by the parent).
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
     p.add_argument("--precision", choices=PRECISIONS, help=argparse.SUPPRESS)
@@ -178,13 +181,19 @@ def trl_worker(a) -> None:
 
         peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    # TRL turns activation (gradient) checkpointing on by default; alignkit has none, so it is off here for a
-    # like-for-like step. transformers 5 renamed the field; the old name is a deprecated alias.
+    # TRL turns activation (gradient) checkpointing on by default; alignkit's is off by default, so it is off here
+    # for a like-for-like step unless --trl-set turns it on. transformers 5 renamed the field (the old name is a
+    # deprecated alias).
     names = {f.name for f in dataclasses.fields(DPOConfig)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.trl_set)}
+    if "gradient_checkpointing" in extra:  # the field's name in this TRL
+        extra[checkpointing] = extra.pop("gradient_checkpointing")
     cfg = DPOConfig(
         output_dir=str(run_dir / "trl-out"),
-        **{checkpointing: False},
+        **{checkpointing: False, **extra},
         per_device_train_batch_size=a.batch_size,
         gradient_accumulation_steps=1,
         max_length=a.max_length,
@@ -501,6 +510,8 @@ def run_one(tool, precision, mode, a, model_dir, data, rows_file, run_dir: Path)
            "--rows-file", str(rows_file), "--device", a.device]
     for kv in a.alignkit_set:
         cmd += ["--alignkit-set", kv]
+    for kv in a.trl_set:
+        cmd += ["--trl-set", kv]
     env = {"CUDA_VISIBLE_DEVICES": ""} if a.device == "cpu" else {}  # a CPU run on a GPU machine stays on the CPU
     record, result = run_worker(cmd, run_dir, a.timeout, RESULT_MARK, env)
     record.update(tool=tool, precision=precision, mode=mode)
@@ -604,7 +615,8 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
          f"lr {a.lr:g} (linear, no warm-up), grad-norm clip 1.0, dropout off, seed 0. {a.repeats} repeat(s) per tool, "
          "each run a separate process; runs alternate TRL, alignkit, TRL, alignkit, ...; a tool that times out is "
          "not rerun for the remaining repeats of that precision/mode."
-         + (f" Extra alignkit settings: `{' '.join(a.alignkit_set)}`." if a.alignkit_set else ""), "",
+         + (f" Extra alignkit settings: `{' '.join(a.alignkit_set)}`." if a.alignkit_set else "")
+         + (f" Extra TRL settings: `{' '.join(a.trl_set)}`." if a.trl_set else ""), "",
          "- Same pairs, same order: TRL reads exactly alignkit's batches (alignkit's shuffle of the usable rows, "
          "seed 0), in order, through `train_sampling_strategy=\"sequential\"`. Token counts can still differ by a "
          "token or so per sequence: TRL's completion is whatever the chat template renders after the prompt "
@@ -619,7 +631,8 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
          "- bf16 means bf16 autocast over float32 weights in both tools. alignkit computes in float32 instead, with a "
          "warning, where the processor has no native bf16; TRL does not (bf16 is then emulated, ~50x slower than "
          "fp32 matmuls). The *computes in* column says what each run really did.",
-         "- TRL settings: activation (gradient) checkpointing off (TRL defaults to on; alignkit has none), its default "
+         "- TRL settings: activation (gradient) checkpointing off unless the extra settings say otherwise (TRL "
+         "defaults to on; alignkit's `train.gradient_checkpointing` defaults to off), its default "
          f"optimizer (`{_trl_setting(records, 'optim')}`), `use_cpu={not cuda}`, `dataloader_num_workers=0`. alignkit: "
          "`torch.optim.AdamW` (foreach).",
          "- s/step: median over the measured steps of a run, then median over runs (range over runs in the raw "

@@ -1,8 +1,17 @@
-"""`alignkit demo` end to end on a tiny model: every stage runs, the report has its plots, a rerun resumes."""
+"""`alignkit demo` end to end on a tiny model: every stage runs, the report has its plots, the pairs built, the
+DPO config, versions and date, a rerun resumes."""
 
+import datetime
+import html as html_lib
 import json
+import platform
 import re
+import xml.etree.ElementTree as ET
 
+import torch
+import transformers
+
+import alignkit
 from alignkit.cli import main
 
 
@@ -25,6 +34,23 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_model, tmp_path, capsy
     for plot in plots:  # every plot has at least one line with the two logged steps
         assert re.search(r'data-points="2"', plot)
     assert html.count("class='pair'") >= 5 + 8  # sample pairs and before/after answers
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    for plot in plots:  # steps 1 and 2: whole-number step ticks, axis titles
+        svg = ET.fromstring(plot)
+        assert [t.text for t in svg.findall(".//s:text[@class='xtick']", ns)] == ["0", "1", "2", "3"]
+        assert [t.text for t in svg.findall(".//s:text[@class='xlabel']", ns)] == ["step"]
+        assert svg.find(".//s:text[@class='ylabel']", ns).text == svg.get("aria-label")
+    pairs = sum(1 for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines() if line.strip())
+    built = re.search(r"<h2>Pairs built</h2><table><thead>.*?</thead><tbody><tr><td>(\d+)</td><td>(\d+)</td>", html)
+    assert built and built.groups() == (str(pairs), "16")
+    config = (out / "dpo" / "config.yaml").read_text()
+    assert "rpo_alpha: 1.0" in config and "<details><summary>config.yaml" in html
+    assert html_lib.escape(config) in html
+    for name, version in (("alignkit", alignkit.__version__), ("torch", torch.__version__),
+                          ("transformers", transformers.__version__), ("python", platform.python_version())):
+        assert f"<th>{name} version</th><td>{version}</td>" in html
+    written = datetime.datetime.fromisoformat(re.search(r"<th>written</th><td>([^<]+)</td>", html).group(1))
+    assert abs(datetime.datetime.now().astimezone() - written) < datetime.timedelta(hours=1)
 
     main(args)  # a rerun finds every stage done
     printed = capsys.readouterr().out

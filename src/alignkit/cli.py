@@ -20,6 +20,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Align language models with preferences.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"alignkit {version('alignkit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print alignkit's version and exit.")) -> None:
+    pass
+
+
 def _finite(ctx, param, value: float) -> float:
     """A float option must be a finite number: "inf" and "nan" parse as floats and pass min/max checks."""
     import math
@@ -120,7 +134,7 @@ def pipeline(recipe: str = typer.Argument(..., help="recipe YAML: output_dir, mo
 
 @app.command()
 def logps(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     data: str = typer.Option(..., help="preference file (.jsonl, .json, .parquet, or a saved dataset dir)"),
     out: str = typer.Option(..., callback=_out_file, help="output JSONL"),
     batch_size: int = typer.Option(8, min=1),
@@ -172,7 +186,7 @@ def _task_config(task: str, split: str, limit, languages: str, seed: int, questi
 
 @eval_app.command("accuracy")
 def eval_accuracy(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     task: str = typer.Option(..., help="built-in task (addition-2d, subtraction-3d, ...) or a question file"),
     split: str = typer.Option("heldout", help="built-in: train or heldout; saved DatasetDict: its split"),
     limit: Optional[int] = typer.Option(None, min=1, help="the first N questions"),
@@ -324,7 +338,7 @@ def eval_refusal(
 
 @eval_app.command("stability")
 def eval_stability(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     task: str = typer.Option(..., help="built-in task (addition-2d, ...) or a question file"),
     split: str = typer.Option("heldout"),
     limit: Optional[int] = typer.Option(50, min=1, help="the first N questions"),
@@ -357,7 +371,7 @@ def eval_stability(
 
 @eval_app.command("perplexity")
 def eval_perplexity(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     file: str = typer.Option("data/eval/heldout.txt", help="UTF-8 text file"),
     max_length: int = typer.Option(512, min=2, help="tokens per window"),
     stride: int = typer.Option(256, min=1, help="tokens between window starts (at most --max-length)"),
@@ -371,7 +385,7 @@ def eval_perplexity(
 
 @eval_app.command("mc")
 def eval_mc(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     file: str = typer.Option("data/eval/mmlu_sample.jsonl", help="MMLU / C-Eval layout, JSONL or CSV"),
     limit: Optional[int] = typer.Option(None, min=1, help="the first N questions"),
     batch_size: int = typer.Option(16, min=1, help="choices scored together"),
@@ -425,7 +439,7 @@ def demo(
 
 @app.command()
 def serve(
-    model: str = typer.Option(..., help="model directory, hub id in the local cache, .gguf file or alias"),
+    model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000, min=0, max=65535),
     name: Optional[str] = typer.Option(None, help="model name clients ask for (default: --model)"),
@@ -441,8 +455,9 @@ def serve(
 
 
 def _quiet_libraries() -> None:
+    # The hub is left as the user has it (HF_HUB_OFFLINE is theirs to set): a hub id downloads when online and
+    # loads from the cache when cached; local paths, GGUF files and the built-in alias never touch the network.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alignkit").setLevel(logging.INFO)
@@ -468,11 +483,12 @@ def sxs_serve(
     token: Optional[str] = typer.Option(None, envvar="ALIGNKIT_SXS_TOKEN",
                                         help="access token (16+ characters) annotators open the page with"),
     seed: int = typer.Option(0, help="seeds each annotator's item order and left/right sides"),
+    lang: str = typer.Option("auto", help="the page's language: auto (Chinese when most prompts are), en or zh"),
 ):
     """Serve the labelling page: two answers, model names hidden, in random order; labels into SQLite."""
     from alignkit.sxs.server import serve as run_server
 
-    run_server(pairs, db, host, port, token, seed)
+    run_server(pairs, db, host, port, token, seed, lang)
 
 
 @sxs_app.command("export")

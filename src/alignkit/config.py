@@ -31,18 +31,28 @@ class LoraConfig(Strict):
 
 
 class ModelConfig(Strict):
-    path: str = "smollm2-135m-instruct"  # HF directory, cached hub id, .gguf file, or built-in alias
+    path: str = "smollm2-135m-instruct"  # HF directory, hub id (downloaded, or from the cache offline), .gguf file, or built-in alias
     dtype: Literal["float32", "bfloat16"] = "float32"  # storage dtype of the weights
     trust_remote_code: bool = False
     allow_pickle: bool = False  # allow loading *.bin / *.pt weights
     lora: LoraConfig | None = None
+    # QLoRA: the base weights in 4 bits (bitsandbytes), LoRA trained on top in the compute precision
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.load_in_4bit and self.lora is None:
+            raise ValueError("model.load_in_4bit (QLoRA) trains LoRA adapters on frozen 4-bit weights: set model.lora")
+        return self
 
 
 class DataConfig(Strict):
     train: str
     eval: str | None = None
     eval_fraction: float = Field(0.0, ge=0, lt=1)  # held out from `train` when `eval` is not given
-    split: str = "train"  # split of a `datasets` DatasetDict saved to disk
+    split: str = "train"  # split of a `datasets` DatasetDict saved to disk, for `train`
+    eval_split: str = "test"  # the split `eval` is read from, when it is a saved DatasetDict (TRL: dataset_test_split)
     max_length: int = Field(512, gt=0)  # prompt + response tokens
     max_prompt_length: int = Field(256, gt=0)
     strict: bool = False  # rows that cannot fit: error (True) or drop and count (False)
@@ -81,6 +91,11 @@ class TrainConfig(Strict):
     scheduler: Literal["cosine", "linear", "constant"] = "linear"
     max_grad_norm: float | None = Field(1.0, gt=0)
     bf16: bool = False  # bf16 autocast for compute; weights and optimizer state stay as loaded
+    # Recompute each decoder layer's activations in backward instead of keeping them: less memory, ~1/3 more compute
+    gradient_checkpointing: bool = False
+    # adamw_torch: torch's AdamW (fp32 states, 8 bytes a parameter); adamw_8bit: bitsandbytes' AdamW8bit (block-wise
+    # 8-bit states, 2 bytes a parameter)
+    optim: Literal["adamw_torch", "adamw_8bit"] = "adamw_torch"
     logits_chunk: int = Field(1024, gt=0)  # response rows per lm_head chunk
     # Rows with the same prompt run it through the decoder once. null: on for CPUs, off for GPUs, where a small
     # model is bound by kernel launches and the two passes cost more than the saved prompt tokens (docs/benchmarks.md).
@@ -124,8 +139,12 @@ class TaskConfig(Strict):
     # A built-in arithmetic task ("addition-2d", "subtraction-3d", "multiplication-2d") or a file of questions.
     name: str | None = "addition-2d"
     file: str | None = None  # .jsonl / .json / .parquet / saved dataset with question and answer fields
+    # qa: question and answer fields; trl: a TRL prompt dataset (prompt_field: a string or a list of messages, any
+    # other columns, an optional answer_field); auto: trl when the first row has prompt_field and no question_field
+    format: Literal["auto", "qa", "trl"] = "auto"
     question_field: str = "question"
-    answer_field: str = "answer"  # "#### 42" (GSM8K), "\\boxed{42}" or a plain number
+    prompt_field: str = "prompt"  # format trl
+    answer_field: str = "answer"  # "#### 42" (GSM8K), "\\boxed{42}" or a plain number; optional in format trl
     id_field: str | None = None  # default: the row number
     split: str = "train"  # built-in: train or heldout; a saved DatasetDict: its split
     limit: int | None = Field(None, gt=0)  # the first N items
@@ -139,6 +158,8 @@ class TaskConfig(Strict):
             data = {**data, "name": None}  # a file replaces the default built-in task
         elif isinstance(data, dict) and "name" in data and not data["name"]:
             raise ValueError("task: give a built-in task name or a file")
+        if isinstance(data, dict) and data.get("format", "auto") != "auto" and not data.get("file"):
+            raise ValueError(f"task.format={data['format']}: applies to a file; give task.file")
         return data
 
 
@@ -245,7 +266,8 @@ class SFTDataConfig(Strict):
     train: str  # rows with "messages", or "prompt" + "completion"
     eval: str | None = None
     eval_fraction: float = Field(0.0, ge=0, lt=1)
-    split: str = "train"
+    split: str = "train"  # for `train`, when it is a saved DatasetDict
+    eval_split: str = "test"  # for `eval`, when it is a saved DatasetDict
     max_length: int = Field(512, gt=0)
     strict: bool = False  # rows longer than max_length: error (True) or drop and count (False)
     # Pack each micro-batch's rows end to end into rows of at most max_length tokens (no padding between
@@ -287,9 +309,11 @@ class RMConfig(Strict):
 
 
 class RewardConfig(Strict):
-    # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0);
-    # function: `path/to/file.py:name`, called as name(prompts=[...], completions=[...], **fields) -> floats,
-    # where fields are the row's other columns (answer, id, ...), one list entry per completion.
+    # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0; needs gold answers);
+    # function: `path/to/file.py:name`, called as TRL calls one: name(prompts=[...], completions=[...], **fields)
+    # -> one float (or None: not scored) per completion, where fields are the row's other columns (a TRL prompt
+    # file's columns; answer, id, meta; completion_ids), one list entry per completion. A function without
+    # **kwargs gets only the fields it names (see rewards.py).
     kind: Literal["task", "function", "model"] = "task"
     function: str | None = None
     model: str | None = None  # kind model: a reward model trained by `alignkit rm` (same tokenizer as the policy)

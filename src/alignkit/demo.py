@@ -9,7 +9,8 @@
    teacher's verified chains of thought `chosen` (alignkit pairs build).
 3. Train DPO with an NLL term on chosen, LoRA (alignkit dpo).
 4. Evaluate the trained model on the same held-out questions.
-5. Write report.html (accuracy before and after, training curves, sample pairs and answers) and print a summary.
+5. Write report.html (accuracy before and after, pairs built, training curves, sample pairs and answers, the DPO
+   config, versions and date) and print a summary.
 
 Every stage writes into `--out` and is skipped on a rerun when its result is already there, so an interrupted
 demo resumes where it stopped.
@@ -157,7 +158,7 @@ def write_report(run_dir: Path, s: dict) -> Path:
         "rewards": ["rewards/chosen", "rewards/rejected", "rewards/margins"],
         "preference accuracy": ["rewards/accuracies"],
         "log-probs": ["logps/chosen", "logps/rejected"],
-    })
+    }, every=r.log_every(run_dir / "dpo" / "config.yaml"))
     acc_rows = [["all held-out questions", f"{s['accuracy_before']:.1%}", f"{s['accuracy_after']:.1%}"]]
     if s.get("accuracy_reserved_after") is not None:
         acc_rows.append(["phrasings never used in training", f"{s['accuracy_reserved_before']:.1%}",
@@ -180,10 +181,14 @@ def write_report(run_dir: Path, s: dict) -> Path:
     stage_rows = [[k, f"{v:.0f} s"] for k, v in s["seconds"].items()] + [["total", f"{s['total_seconds']:.0f} s"]]
     html_text = r.page(f"alignkit demo: {s['model']} on {s['task']}", [
         ("Held-out accuracy (greedy pass@1)", r.table(["questions", "before", "after"], acc_rows)),
+        ("Pairs built", r.table(["pairs", "from training questions", "student right", "teacher"], [[
+            r.pairs_built(run_dir / "pairs"), s["training_questions"], f"{s['student_accuracy']:.1%}", s["teacher"]]])),
         ("Training curves (DPO + NLL on chosen)", f"<div class='plots'>{plots}</div>"),
         ("Sample pairs", pair_html),
         ("Sample held-out answers", answer_html),
         ("Time per stage", r.table(["stage", "time"], stage_rows)),
+        ("DPO config", r.config_block(run_dir / "dpo" / "config.yaml")),
+        ("About this report", r.provenance()),
     ])
     path = run_dir / "report.html"
     path.write_text(html_text, encoding="utf-8")

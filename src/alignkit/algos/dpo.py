@@ -103,8 +103,8 @@ def run(cfg: DPOConfig):
     from alignkit.data.collate import load_pairs, split_eval, total_steps, visited
     from alignkit.models import reference as ref
     from alignkit.models.load import load_tokenizer
-    from alignkit.train.loop import finish, train
-    from alignkit.train.setup import load_policy, start_run
+    from alignkit.train.loop import finish, train, whole
+    from alignkit.train.setup import fresh_module, load_policy, start_run
 
     run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
     cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
@@ -112,7 +112,7 @@ def run(cfg: DPOConfig):
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     if d.eval:
         train_pairs = pairs
-        eval_pairs = load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
+        eval_pairs = load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.eval_split)
     else:
         train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
@@ -141,7 +141,8 @@ def run(cfg: DPOConfig):
 
     algo = DPO(cfg, train_pairs, eval_pairs, reference, pad_id, steps, run)
     trained, history = train(algo, policy.module, run)
-    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
+    final = whole(trained, run, lambda: fresh_module(cfg))
+    finish(None if final is None else final.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
            ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
             "eval_rewards/margins"))
     return run.run_dir

@@ -342,10 +342,10 @@ class GRPO:
 
 def run(cfg: GRPOConfig) -> Path:
     from alignkit.models import reference as ref
-    from alignkit.train.loop import finish, train
-    from alignkit.train.setup import load_policy, load_task, open_sampler, start_run
+    from alignkit.train.loop import finish, train, whole
+    from alignkit.train.setup import fresh_module, load_policy, load_task, open_sampler, start_run
 
-    run = start_run(cfg, unit=(cfg.grpo.group_size, "grpo.group_size"))
+    run = start_run(cfg, unit=(cfg.grpo.group_size, "grpo.group_size"), shardable=False)
     cfg, t, g = run.cfg, run.cfg.train, run.cfg.grpo
     items, prompt_ids, rewards, tokenizer = load_task(cfg, run)
 
@@ -363,5 +363,7 @@ def run(cfg: GRPOConfig) -> Path:
         trained, history = train(algo, policy.module, run)
     finally:
         backend.close()
-    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("reward", "kl", "completion_length"))
+    final = whole(trained, run, lambda: fresh_module(cfg))
+    finish(None if final is None else final.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
+           ("reward", "kl", "completion_length"))
     return run.run_dir

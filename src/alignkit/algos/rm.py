@@ -64,8 +64,8 @@ def run(cfg: RMConfig) -> Path:
     from alignkit.data.collate import split_eval, total_steps
     from alignkit.models.heads import save_scalar_model
     from alignkit.models.load import load_tokenizer
-    from alignkit.train.loop import train
-    from alignkit.train.setup import load_policy, start_run
+    from alignkit.train.loop import train, whole
+    from alignkit.train.setup import fresh_module, load_policy, start_run
 
     run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
     cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
@@ -73,7 +73,7 @@ def run(cfg: RMConfig) -> Path:
     pairs = load_pairs(d.train, tokenizer, d.max_length, d.max_prompt_length, d.strict, d.split)
     if d.eval:
         train_pairs, eval_pairs = pairs, load_pairs(d.eval, tokenizer, d.max_length, d.max_prompt_length, d.strict,
-                                                    d.split)
+                                                    d.eval_split)
     else:
         train_pairs, eval_pairs = split_eval(pairs, d.eval_fraction, t.seed)
     print(f"data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs")
@@ -81,9 +81,9 @@ def run(cfg: RMConfig) -> Path:
     policy = load_policy(cfg, run, head="scalar")
     algo = RewardModelling(cfg, train_pairs, eval_pairs, tokenizer.pad_token_id, steps, run)
     trained, history = train(algo, policy.module, run)
-    run.accelerator.wait_for_everyone()
+    final = whole(trained, run, lambda: fresh_module(cfg, "scalar"))
     if run.accelerator.is_main_process:
-        save_scalar_model(trained, tokenizer, run.run_dir / "final", cfg.model.lora is None or cfg.model.lora.merge,
+        save_scalar_model(final, tokenizer, run.run_dir / "final", cfg.model.lora is None or cfg.model.lora.merge,
                           "reward")
         if history:
             last = history[-1]

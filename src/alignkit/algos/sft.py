@@ -133,15 +133,15 @@ class SFT:
 def run(cfg: SFTConfig) -> Path:
     from alignkit.data.collate import total_steps
     from alignkit.models.load import load_tokenizer
-    from alignkit.train.loop import finish, train
-    from alignkit.train.setup import load_policy, start_run
+    from alignkit.train.loop import finish, train, whole
+    from alignkit.train.setup import fresh_module, load_policy, start_run
 
     run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
     cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     rows = load_rows(d.train, tokenizer, d.max_length, d.strict, d.split)
     if d.eval:
-        train_rows, eval_rows = rows, load_rows(d.eval, tokenizer, d.max_length, d.strict, d.split)
+        train_rows, eval_rows = rows, load_rows(d.eval, tokenizer, d.max_length, d.strict, d.eval_split)
     else:
         train_rows, eval_rows = split_eval(rows, d.eval_fraction, t.seed)
     print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows")
@@ -149,5 +149,7 @@ def run(cfg: SFTConfig) -> Path:
     policy = load_policy(cfg, run)
     algo = SFT(cfg, train_rows, eval_rows, tokenizer.pad_token_id, steps, run)
     trained, history = train(algo, policy.module, run)
-    finish(trained.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("loss", "eval_loss"))
+    final = whole(trained, run, lambda: fresh_module(cfg))
+    finish(None if final is None else final.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
+           ("loss", "eval_loss"))
     return run.run_dir

@@ -5,13 +5,15 @@
 
 For each run:
 - a plot per group of metrics from metrics.jsonl (losses; accuracies; one per prefix such as `rewards/` or
-  `logps/`; one per other metric; evaluation metrics in their own plots beside them), then the first and last
-  value of every metric and the resolved config;
+  `logps/`; one per other metric; evaluation metrics in their own plots beside them), a metric in the same colour
+  in every plot, restarts and gaps of the step sequence marked; then the first and last value of every metric and
+  the resolved config;
 - a table per kind of `summary.json` found one level below the run directory or beside it (`eval-before/`
   and `eval-after/` from `alignkit eval accuracy`, the demo's `eval-base/`, `eval-trained/` and `pairs/`):
   top-level numbers and strings and a `metrics` dict, one column per directory, a change column for two;
 - samples: those directories' results.jsonl answers side by side, pairs.jsonl pairs, the run's samples.jsonl.
-With several runs, their headline metrics are also overlaid, one plot per metric.
+With several runs, their headline metrics are also overlaid, one plot per metric, a run in the same colour in
+every plot. The page ends with the date it was written and the versions of alignkit, torch, transformers, Python.
 """
 
 from __future__ import annotations
@@ -82,8 +84,9 @@ def metric_groups(points: dict[str, list]) -> dict[str, list[str]]:
     return {title: groups[(rank, title)] for rank, title in order}
 
 
-def plots_html(points: dict[str, list]) -> str:
-    """One plot per group; legends drop what the title already says ("eval rewards": chosen, rejected)."""
+def plots_html(points: dict[str, list], marks: list[dict] | None = None) -> str:
+    """One plot per group; legends drop what the title already says ("eval rewards": chosen, rejected). A
+    series' colour follows its metric name (`report.series_color`); marks: `report.step_marks` of the rows."""
     out = []
     for title, keys in metric_groups(points).items():
         family = title.removeprefix("eval ")
@@ -91,7 +94,7 @@ def plots_html(points: dict[str, list]) -> str:
         for key in keys:
             name = key.removeprefix("eval_")
             names[name.removeprefix(family + "/")] = points[key]
-        out.append(r.svg_plot(title, names))
+        out.append(r.svg_plot(title, names, marks=marks))
     return "".join(out)
 
 
@@ -187,17 +190,18 @@ def run_section(run_dir: Path) -> tuple[str, dict[str, list]]:
     metrics_path = find_metrics(run_dir)
     metrics = _read_jsonl(metrics_path) if metrics_path else []
     points = series(metrics)
+    config = (metrics_path.parent if metrics_path else run_dir) / "config.yaml"
+    marks = r.step_marks(metrics, r.log_every(config))
     parts = []
     if metrics_path:
-        parts.append(f"<p>{r.html.escape(str(metrics_path))}: {len(metrics)} rows</p>"
-                     f"<div class='plots'>{plots_html(points)}</div>")
+        breaks = "".join(f"; {m['kind']} at step {m['step']} (after step {m['after']})" for m in marks)
+        parts.append(f"<p>{r.html.escape(str(metrics_path))}: {len(metrics)} rows{r.html.escape(breaks)}</p>"
+                     f"<div class='plots'>{plots_html(points, marks)}</div>")
         parts.append(r.table(["metric", "first", "last", "at step"],
                              [[k, _fmt(p[0][1]), _fmt(p[-1][1]), p[-1][0]] for k, p in points.items()]))
     else:
         parts.append("<p>No metrics.jsonl.</p>")
-    config = (metrics_path.parent if metrics_path else run_dir) / "config.yaml"
-    if config.is_file():
-        parts.append(f"<details><summary>config.yaml</summary>{r.pre(config.read_text(encoding='utf-8'))}</details>")
+    parts.append(r.config_block(config))
     dirs = eval_dirs(run_dir)
     tables = summary_tables(dirs)
     if tables:
@@ -223,11 +227,13 @@ def build(run_dirs: list[str]) -> str:
     for name, d in zip(names, dirs):
         html_text, all_points[name] = run_section(d)
         sections.append((name, html_text))
-    if len(dirs) > 1:
+    if len(dirs) > 1:  # one colour per run, in the order they were named, in every plot of the page
+        colors = r.run_colors(names)
         plots = "".join(r.svg_plot(key, {name: pts[key] for name, pts in all_points.items()
-                                         if len(pts.get(key, [])) > 1}) for key in HEADLINE)
+                                         if len(pts.get(key, [])) > 1}, colors=colors) for key in HEADLINE)
         if plots:
             sections.insert(0, ("Runs compared", f"<div class='plots'>{plots}</div>"))
+    sections.append(("About this report", r.provenance()))
     return r.page("alignkit report: " + ", ".join(names), sections)
 
 

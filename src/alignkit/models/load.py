@@ -69,7 +69,13 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
 
 
 def resolve(path: str) -> Path | str:
-    """What to pass to from_pretrained (always loaded offline) for a model reference, converting GGUF once."""
+    """What to pass to from_pretrained for a model reference, converting GGUF once.
+
+    A Path (a local directory, a converted GGUF, the built-in alias, a hub id's cached snapshot) is loaded with
+    local_files_only: it never touches the network. A str is a hub id for transformers' normal path (download,
+    or check the cache against the hub): the id while the hub answers; its cached snapshot while the hub is
+    offline (HF_HUB_OFFLINE=1) or out of reach; a one-line error when it is neither reachable nor cached.
+    """
     if path in ALIASES:
         dest = cache_root() / "models" / path
         if not (dest / "config.json").is_file():
@@ -89,7 +95,24 @@ def resolve(path: str) -> Path | str:
     if p.exists():
         raise AlignkitError(f"model '{path}': a file that is not .gguf; give a model directory or a .gguf file")
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
-        return path  # a hub id: loaded from the local cache only
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+
+        from alignkit.data.formats import hub_unreachable
+
+        try:
+            validate_repo_id(path)
+        except HFValidationError:
+            raise AlignkitError(f"model '{path}': not found (not a directory, a .gguf file, a built-in alias "
+                                "or a Hugging Face hub id)") from None
+        why = hub_unreachable(path, "model")
+        if why is None:
+            return path  # the hub answers: transformers downloads it, or finds its cached copy current
+        cached = try_to_load_from_cache(path, "config.json")
+        if isinstance(cached, str):
+            return Path(cached).parent  # the cached snapshot of the default branch, as transformers would load it
+        raise AlignkitError(f"model '{path}': not in the local Hugging Face cache (nor a local directory) and {why}")
     raise AlignkitError(f"model '{path}': not found (not a directory, a .gguf file or a built-in alias)")
 
 
@@ -98,9 +121,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     where = resolve(path)
     try:
-        tok = AutoTokenizer.from_pretrained(where, local_files_only=True, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(where, local_files_only=isinstance(where, Path),
+                                            trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise AlignkitError(f"model '{path}': tokenizer not found locally ({str(e).splitlines()[0]})") from None
+        if isinstance(where, Path):
+            raise AlignkitError(f"model '{path}': tokenizer not found locally ({str(e).splitlines()[0]})") from None
+        from alignkit.data.formats import hub_failure
+
+        raise AlignkitError(f"model '{path}': could not load its tokenizer from the hub: {hub_failure(e)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -115,13 +143,19 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
         model = AutoModelForCausalLM.from_pretrained(
             where,
             dtype=getattr(torch, dtype),
-            local_files_only=True,
+            local_files_only=isinstance(where, Path),
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
     except OSError as e:
-        first = str(e).splitlines()[0]
+        first = (str(e).splitlines() or [type(e).__name__])[0]
         hint = "" if allow_pickle else " (pickle weights are refused unless model.allow_pickle is true)"
+        if not isinstance(where, Path):
+            from alignkit.data.formats import hub_failure
+
+            reason = hub_failure(e)
+            hint = hint if reason == first else ""  # not found or gated: nothing to do with the weights' format
+            first = f"from the hub: {reason}"
         raise AlignkitError(f"model '{path}': could not load weights: {first}{hint}") from None
     return model
 

@@ -112,6 +112,8 @@ class SequenceLogps(nn.Module):
             token_logps, where = self._plain_logits(hf, input_ids, response_mask, position_ids)  # model's own head
         elif (position_ids is None
               and (self.share_prompts if self.share_prompts is not None else input_ids.device.type == "cpu")
+              # transformers turns the prompt pass's cache off under gradient checkpointing while training
+              and not (getattr(hf, "is_gradient_checkpointing", False) and hf.training)
               and (plan := _shared_prompts(input_ids, response_mask)) is not None):
             token_logps, where = self._shared(hf, input_ids, response_mask, *plan), response_mask
         else:

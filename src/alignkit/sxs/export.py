@@ -9,7 +9,8 @@ Writes to --out:
   `metadata`) that `alignkit dpo` trains on. One row per item the A/B-better labels agree on (the majority);
   ties, both-bad and evenly split items give no row and are counted.
 Labels whose item is no longer in the items file, or whose item changed since it was labelled, are skipped
-and counted.
+and counted. Labels an annotator undid are not in the labels table any more (see store.py): they count nowhere,
+and the report says how many there were.
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ def markdown(report: dict) -> str:
     if any(skipped.values()):
         lines.append(f"Skipped labels: {skipped['unknown_item']} of items not in the items file, "
                      f"{skipped['changed_item']} of items changed since they were labelled.")
+    if report["undone_labels"]:
+        lines.append(f"Undone by their annotators, and not counted: {report['undone_labels']} label(s).")
     return "\n".join(lines) + "\n"
 
 
@@ -111,8 +114,9 @@ def run(db: str, pairs: str, out: str, n_boot: int = 2000, seed: int = 0) -> dic
     if not Path(db).is_file():
         raise AlignkitError(f"{db}: no such labels database")
     items = load_items(pairs)
+    store = LabelStore(db)
     labels, skipped = [], Counter()
-    for label in LabelStore(db).all():
+    for label in store.all():  # undone labels are not among them
         item = items.get(label["pair_id"])
         if item is None:
             skipped["unknown_item"] += 1
@@ -131,7 +135,8 @@ def run(db: str, pairs: str, out: str, n_boot: int = 2000, seed: int = 0) -> dic
     report = {"labels": len(labels), "annotators": dict(Counter(label["annotator"] for label in labels)),
               "bootstrap": n_boot, "comparisons": comparisons(labels, n_boot, seed),
               "dpo": {"rows": len(rows), "file": "dpo_pairs.jsonl", "excluded": excluded},
-              "skipped_labels": {"unknown_item": skipped["unknown_item"], "changed_item": skipped["changed_item"]}}
+              "skipped_labels": {"unknown_item": skipped["unknown_item"], "changed_item": skipped["changed_item"]},
+              "undone_labels": store.undone()}
     (out_dir / "sxs_report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
     (out_dir / "sxs_report.md").write_text(markdown(report), encoding="utf-8")
     return report

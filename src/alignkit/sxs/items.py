@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from alignkit import AlignkitError
 from alignkit.data.formats import read_rows
 
 ROLES = {"system", "user", "assistant", "tool"}
+HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # CJK ideographs (and extension A)
+KANA = re.compile("[\u3040-\u30ff]")  # Japanese writes kanji too: kana in a prompt means not Chinese
 
 
 @dataclass(frozen=True)
@@ -113,3 +116,13 @@ def a_on_left(seed: int, annotator: str, item_id: str) -> bool:
 def annotator_order(seed: int, annotator: str, item_ids) -> list[str]:
     """The order this annotator sees the items in: a seeded shuffle, so annotators don't all start together."""
     return sorted(item_ids, key=lambda item_id: _hash(seed, "order", annotator, item_id))
+
+
+def is_chinese(text: str) -> bool:
+    return bool(HAN.search(text)) and not KANA.search(text)
+
+
+def mostly_chinese(items: dict[str, Item]) -> bool:
+    """Whether most prompts are Chinese: then the labelling page speaks Chinese (`sxs serve --lang auto`)."""
+    chinese = sum(is_chinese(" ".join(m["content"] for m in item.prompt)) for item in items.values())
+    return chinese * 2 > len(items)

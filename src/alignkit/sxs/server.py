@@ -1,15 +1,19 @@
 """`alignkit sxs serve`: a blind side-by-side labelling page for people, labels into SQLite.
 
     alignkit sxs serve --pairs sxs.jsonl --db labels.sqlite               # http://127.0.0.1:8700/
+    alignkit sxs serve --pairs sxs.jsonl --lang zh                         # the page in Chinese
     ALIGNKIT_SXS_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(24))') \\
         alignkit sxs serve --pairs sxs.jsonl --host 0.0.0.0                # http://HOST:8700/?token=...
 
 Routes: `GET /` (the page), `GET /api/next?annotator=ID` (the next unlabelled item for this annotator, answers
 on seeded sides, model names hidden, plus progress), `POST /api/label` with a JSON body
-`{"annotator", "pair_id", "choice": "left"|"right"|"tie"|"both_bad", "comment"}`. The server, not the page,
-maps left/right back to the real models and records which model was shown on which side. Bad requests get a
-4xx and a JSON `{"error": ...}`, and store nothing. Bound to a non-loopback address it refuses to start
-without an access token; the token travels as the X-Sxs-Token header or the `token` query parameter.
+`{"annotator", "pair_id", "choice": "left"|"right"|"tie"|"both_bad", "comment"}`, `POST /api/undo` with
+`{"annotator", "pair_id"}` (takes back that label if it is the annotator's latest, 409 if not, and answers
+with the item again as /api/next would). The server, not the page, maps left/right back to the real models
+and records which model was shown on which side. Bad requests get a 4xx and a JSON `{"error": ...}`, and
+change nothing. Bound to a non-loopback address it refuses to start without an access token; the token
+travels as the X-Sxs-Token header or the `token` query parameter. The page speaks Chinese when most prompts
+are Chinese (`--lang auto`), or as `--lang` says.
 
 The HTTP plumbing (a listen backlog that holds a burst of clients, a socket timeout per connection, strict
 reading of bodies and JSON, the loopback-only Host rule) is alignkit.httpd, shared with `alignkit serve`.
@@ -30,15 +34,14 @@ from alignkit import AlignkitError
 from alignkit.httpd import (REQUEST_TIMEOUT, BadRequest, Server, ignore_body, is_loopback, listen, loopback_host,
                             parse_json_object, read_body)
 from alignkit.sxs import page
-from alignkit.sxs.items import Item, a_on_left, annotator_order, load_items
+from alignkit.sxs.items import Item, a_on_left, annotator_order, load_items, mostly_chinese
 from alignkit.sxs.store import LabelStore
 
 MAX_COMMENT = 2000  # characters
 MAX_BODY = 64 * 1024  # bytes
 MIN_TOKEN = 16  # characters
 CHOICES = ("left", "right", "tie", "both_bad")
-STATIC = {"/": ("text/html", page.HTML), "/sxs.css": ("text/css", page.CSS),
-          "/sxs.js": ("text/javascript", page.SCRIPT)}
+LANGS = ("auto", *page.STRINGS)
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
                                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -52,16 +55,26 @@ def _annotator(value) -> str:
     return value.strip()
 
 
-def parse_label(body: bytes, items: dict[str, Item], seed: int) -> dict:
-    """A label request body -> the row to store (choice mapped back to the real models), or BadRequest."""
+def _fields(body: bytes, allowed: set[str]) -> dict:
     req = parse_json_object(body)
-    unknown = set(req) - {"annotator", "pair_id", "choice", "comment"}
+    unknown = set(req) - allowed
     if unknown:
         raise BadRequest(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    annotator = _annotator(req.get("annotator"))
-    item = items.get(req.get("pair_id")) if isinstance(req.get("pair_id"), str) else None
+    return req
+
+
+def _item(value, items: dict[str, Item]) -> Item:
+    item = items.get(value) if isinstance(value, str) else None
     if item is None:
-        raise BadRequest(400, f"unknown pair_id {req.get('pair_id')!r}")
+        raise BadRequest(400, f"unknown pair_id {value!r}")
+    return item
+
+
+def parse_label(body: bytes, items: dict[str, Item], seed: int) -> dict:
+    """A label request body -> the row to store (choice mapped back to the real models), or BadRequest."""
+    req = _fields(body, {"annotator", "pair_id", "choice", "comment"})
+    annotator = _annotator(req.get("annotator"))
+    item = _item(req.get("pair_id"), items)
     choice = req.get("choice")
     if choice not in CHOICES:
         raise BadRequest(400, f"'choice' must be one of {', '.join(CHOICES)}")
@@ -80,14 +93,34 @@ def parse_label(body: bytes, items: dict[str, Item], seed: int) -> dict:
             "comment": comment.strip()}
 
 
+def parse_undo(body: bytes, items: dict[str, Item]) -> tuple[str, str]:
+    """An undo request body -> (annotator, pair_id), or BadRequest. Both are required: the page names the
+    label it means, so it can never take back one its annotator is not looking at."""
+    req = _fields(body, {"annotator", "pair_id"})
+    return _annotator(req.get("annotator")), _item(req.get("pair_id"), items).id
+
+
+def page_lang(lang: str, items: dict[str, Item]) -> str:
+    """The page's language: as given, or for "auto" Chinese when most prompts are Chinese, else English."""
+    if lang not in LANGS:
+        raise AlignkitError(f"--lang {lang}: expected one of {', '.join(LANGS)}")
+    if lang == "auto":
+        return "zh" if mostly_chinese(items) else "en"
+    return lang
+
+
 def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1", port: int = 8700,
-                token: str | None = None, seed: int = 0, request_timeout: float = REQUEST_TIMEOUT) -> Server:
+                token: str | None = None, seed: int = 0, request_timeout: float = REQUEST_TIMEOUT,
+                lang: str = "auto") -> Server:
     if token is not None and len(token) < MIN_TOKEN:
         raise AlignkitError(f"the access token must be at least {MIN_TOKEN} characters "
                             "(python -c 'import secrets; print(secrets.token_urlsafe(24))')")
     if not token and not is_loopback(host):
         raise AlignkitError(f"--host {host}: serving beyond this machine needs an access token "
                             "(--token or ALIGNKIT_SXS_TOKEN); annotators then open http://HOST:PORT/?token=TOKEN")
+    lang = page_lang(lang, items)
+    static = {"/": ("text/html", page.html(lang).encode()), "/sxs.css": ("text/css", page.CSS.encode()),
+              "/sxs.js": ("text/javascript", page.script(lang).encode())}
     store = LabelStore(db)
 
     @lru_cache(maxsize=1024)
@@ -96,14 +129,26 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
 
     def next_item(annotator: str) -> dict:
         done = store.labelled(annotator) & items.keys()
-        progress = {"labelled": len(done), "total": len(items)}
         pending = next((i for i in order(annotator) if i not in done), None)
         if pending is None:
-            return {"done": True, **progress}
-        item = items[pending]
+            return {"done": True, "labelled": len(done), "total": len(items)}
+        return show(annotator, items[pending], len(done))
+
+    def show(annotator: str, item: Item, labelled: int) -> dict:
         a, b = item.answer_a, item.answer_b
         left, right = (a, b) if a_on_left(seed, annotator, item.id) else (b, a)
-        return {"done": False, "pair_id": item.id, "prompt": item.prompt, "left": left, "right": right, **progress}
+        return {"done": False, "pair_id": item.id, "prompt": item.prompt, "left": left, "right": right,
+                "labelled": labelled, "total": len(items)}
+
+    def undo(body: bytes) -> dict:
+        """Take back the annotator's latest label, and show its item again (it is unlabelled now)."""
+        annotator, pair_id = parse_undo(body, items)
+        row = store.undo(annotator, pair_id)
+        if row is None:
+            raise BadRequest(409, f"the latest label of {annotator!r} is not one of item {pair_id!r} (or there is "
+                                  "none): only an annotator's latest label can be undone")
+        labelled = len(store.labelled(annotator) & items.keys())
+        return {**show(annotator, items[pair_id], labelled), "undone": True, "comment": row["comment"]}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -147,6 +192,12 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
                     raise BadRequest(401, "missing or wrong access token (open the link you were given, "
                                           "with its ?token=...)")
 
+        def _require_json(self) -> None:
+            # JSON only, and a missing Content-Type is refused too: a page on another site can post text/plain,
+            # a form, or a body with no Content-Type at all without a CORS preflight, but not application/json.
+            if self.headers.get_content_type() != "application/json":
+                raise BadRequest(415, "Content-Type must be application/json")
+
         def _handle(self, method: str) -> None:
             url = urlsplit(self.path)
             try:
@@ -155,25 +206,24 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
                     body = read_body(self, MAX_BODY)
                 else:
                     ignore_body(self)
-                static = method == "GET" and url.path in STATIC
-                self._check(url, static)
-                if static:
-                    content_type, text = STATIC[url.path]
-                    self._send(200, text.encode(), content_type)
+                is_static = method == "GET" and url.path in static
+                self._check(url, is_static)
+                if is_static:
+                    content_type, data = static[url.path]
+                    self._send(200, data, content_type)
                 elif method == "GET" and url.path == "/api/next":
                     annotator = _annotator(parse_qs(url.query).get("annotator", [""])[0])
                     self._json(200, next_item(annotator))
                 elif method == "POST" and url.path == "/api/label":
-                    # JSON only, and a missing Content-Type is refused too: a page on another site can post
-                    # text/plain, a form, or a body with no Content-Type at all without a CORS preflight,
-                    # but not application/json.
-                    if self.headers.get_content_type() != "application/json":
-                        raise BadRequest(415, "Content-Type must be application/json")
+                    self._require_json()
                     row = parse_label(body, items, seed)
                     replaced = store.save(row)
                     done = store.labelled(row["annotator"]) & items.keys()
                     self._json(200, {"stored": True, "replaced": replaced, "labelled": len(done),
                                      "total": len(items)})
+                elif method == "POST" and url.path == "/api/undo":
+                    self._require_json()
+                    self._json(200, undo(body))
                 else:
                     raise BadRequest(404, f"no route {method} {url.path}")
             except BadRequest as e:
@@ -196,12 +246,12 @@ def make_server(items: dict[str, Item], db: str | Path, host: str = "127.0.0.1",
     return listen(Handler, host, port)
 
 
-def serve(pairs: str, db: str, host: str, port: int, token: str | None, seed: int) -> None:
+def serve(pairs: str, db: str, host: str, port: int, token: str | None, seed: int, lang: str = "auto") -> None:
     items = load_items(pairs)
-    server = make_server(items, db, host, port, token or None, seed)
+    server = make_server(items, db, host, port, token or None, seed, lang=lang)
     query = "?token=<token>" if token else ""
     print(f"serving {len(items)} items from {pairs} at http://{host}:{server.server_address[1]}/{query} "
-          f"(labels: {db})", flush=True)
+          f"(labels: {db}; page language: {page_lang(lang, items)})", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -3,8 +3,10 @@
     sqlite3 labels.sqlite "select annotator, pair_id, choice, winner, left_model from labels"
 
 A second label by the same annotator on the same item replaces the first (last wins), so a mis-click can be
-corrected. Each request opens its own connection; writes are serialised by a lock (and SQLite's busy timeout
-covers other processes, such as an export running while the server is up).
+corrected. An annotator can also undo their latest label: the row moves to `undone_labels` (kept for the
+record; export reads only `labels`), and the item is unlabelled again. Each request opens its own connection;
+writes are serialised by a lock (and SQLite's busy timeout covers other processes, such as an export running
+while the server is up).
 """
 
 from __future__ import annotations
@@ -30,8 +32,26 @@ CREATE TABLE IF NOT EXISTS labels (
     comment     TEXT NOT NULL DEFAULT '',
     created_at  TEXT NOT NULL,  -- UTC, ISO 8601
     PRIMARY KEY (annotator, pair_id)
+);
+CREATE TABLE IF NOT EXISTS undone_labels (  -- labels taken back with undo: the same columns, plus when
+    annotator   TEXT NOT NULL,
+    pair_id     TEXT NOT NULL,
+    pair_digest TEXT NOT NULL,
+    model_a     TEXT NOT NULL,
+    model_b     TEXT NOT NULL,
+    left_model  TEXT NOT NULL,
+    right_model TEXT NOT NULL,
+    choice      TEXT NOT NULL,
+    winner      TEXT,
+    comment     TEXT NOT NULL DEFAULT '',
+    created_at  TEXT NOT NULL,
+    undone_at   TEXT NOT NULL   -- UTC, ISO 8601
 )
 """
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class LabelStore:
@@ -42,7 +62,7 @@ class LabelStore:
             conn = self._connect()
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute(SCHEMA)
+                conn.executescript(SCHEMA)
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -55,7 +75,7 @@ class LabelStore:
 
     def save(self, row: dict) -> bool:
         """Insert or replace this annotator's label of this item; True if it replaced one."""
-        row = {**row, "created_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        row = {**row, "created_at": _now()}
         columns = ", ".join(row)
         updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in ("annotator", "pair_id"))
         with self.lock:
@@ -69,6 +89,36 @@ class LabelStore:
             finally:
                 conn.close()
         return replaced
+
+    def undo(self, annotator: str, pair_id: str) -> dict | None:
+        """Take back this annotator's label of this item if it is their latest one: the row moves to
+        undone_labels and is returned. None (nothing changes) if the annotator's latest label is of another
+        item or there is none: a page that is out of date (a second tab, a double press) cannot undo a label
+        its annotator is not looking at."""
+        with self.lock:
+            conn = self._connect()
+            try:
+                with conn:  # one transaction: check, copy, delete
+                    latest = conn.execute("SELECT * FROM labels WHERE annotator = ? ORDER BY created_at DESC, "
+                                          "rowid DESC LIMIT 1", (annotator,)).fetchone()
+                    if latest is None or latest["pair_id"] != pair_id:
+                        return None
+                    row = dict(latest)
+                    columns = ", ".join([*row, "undone_at"])
+                    conn.execute(f"INSERT INTO undone_labels ({columns}) VALUES ({', '.join('?' * (len(row) + 1))})",
+                                 (*row.values(), _now()))
+                    conn.execute("DELETE FROM labels WHERE annotator = ? AND pair_id = ?", (annotator, pair_id))
+            finally:
+                conn.close()
+        return row
+
+    def undone(self) -> int:
+        """How many labels were taken back with undo."""
+        conn = self._connect()
+        try:
+            return conn.execute("SELECT COUNT(*) FROM undone_labels").fetchone()[0]
+        finally:
+            conn.close()
 
     def labelled(self, annotator: str) -> set[str]:
         conn = self._connect()

@@ -1,11 +1,12 @@
-"""Verifiable tasks: items with a known answer, graded by `task.evaluate(item, text)`; `task.reward` reuses it."""
+"""Verifiable tasks: items with a known answer, graded by `task.evaluate(item, text)`; `task.reward` reuses it.
+A TRL prompt file (tasks/files.py) may give prompts without answers: those items are for reward functions only."""
 
 from __future__ import annotations
 
 import re
 
 from alignkit import AlignkitError
-from alignkit.tasks.base import ANSWER_LINE, Item, Task
+from alignkit.tasks.base import ANSWER_LINE, Item, Task, no_answer
 
 BUILTIN = re.compile(r"(addition|subtraction|multiplication)-(\d)d")
 OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
@@ -16,7 +17,8 @@ def make_task(cfg) -> Task:
     if cfg.file:
         from alignkit.tasks.files import FileTask
 
-        return FileTask(cfg.file, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.split)
+        return FileTask(cfg.file, cfg.question_field, cfg.answer_field, cfg.id_field, cfg.split,
+                        getattr(cfg, "format", "auto"), getattr(cfg, "prompt_field", "prompt"))
     m = BUILTIN.fullmatch(cfg.name or "")
     if not m:
         raise AlignkitError(f"task '{cfg.name}': unknown (built-in: addition-Nd, subtraction-Nd, multiplication-Nd, "
@@ -32,4 +34,18 @@ def task_items(task: Task, cfg) -> list[Item]:
     return items[: cfg.limit] if cfg.limit else items
 
 
-__all__ = ["ANSWER_LINE", "Item", "Task", "make_task", "task_items"]
+def grading_problem(items: list[Item]) -> str | None:
+    """Why the task's own grading cannot score these items (a prompt file without gold answers), or None."""
+    missing = [i for i in items if i.answer is None]
+    if not missing:
+        return None
+    meta = missing[0].meta
+    field = meta.get("answer_field", "answer")
+    if not any(field in i.meta.get("columns", {}) for i in items):
+        columns = sorted({name for i in items for name in i.meta.get("columns", {})})
+        return (f"{meta.get('file', 'the task')}: no row has the answer field '{field}' "
+                f"(its columns: {', '.join([meta.get('field', 'prompt'), *columns])})")
+    return no_answer(missing[0])
+
+
+__all__ = ["ANSWER_LINE", "Item", "Task", "grading_problem", "make_task", "task_items"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from alignkit import AlignkitError
 from alignkit.tasks.extract import equivalent, extract_answer
 
 
@@ -12,12 +13,17 @@ from alignkit.tasks.extract import equivalent, extract_answer
 class Item:
     id: str  # stable across runs: pair files and evaluation results are keyed by it
     question: str
-    answer: str  # the gold answer, normalised (see extract.parse_gold)
+    answer: str | None  # the gold answer, normalised (see extract.parse_gold); None: a prompt file without one
     language: str = "en"
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # A conversational prompt (a TRL prompt file's `prompt` as a list of messages), asked as given; None: the
+    # question is asked as one user turn.
+    conversation: tuple[dict, ...] | None = field(default=None, compare=False, hash=False)
 
     def messages(self) -> list[dict]:
-        """The chat prompt a model is asked: the question as one user turn."""
+        """The chat prompt a model is asked: the conversation as given, or the question as one user turn."""
+        if self.conversation is not None:
+            return [dict(m) for m in self.conversation]
         return [{"role": "user", "content": self.question}]
 
 
@@ -30,6 +36,8 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, item: Item, text: str) -> bool:
+        if item.answer is None:
+            raise AlignkitError(no_answer(item))
         return equivalent(extract_answer(text), item.answer)
 
     def reward(self, item: Item, text: str) -> float:
@@ -38,6 +46,13 @@ class Task:
     def solve(self, item: Item) -> str | None:
         """A step-by-step solution ending in the answer line, or None when the task has no solver."""
         return None
+
+
+def no_answer(item: Item) -> str:
+    """Why `item` cannot be graded: it has no gold answer (a prompt file without the answer field in that row)."""
+    where = item.meta.get("where", f"task item {item.id}")
+    return (f"{where}: field '{item.meta.get('answer_field', 'answer')}': "
+            f"{item.meta.get('no_answer', 'missing')}, so there is no gold answer to grade against")
 
 
 # The final line every solution and teacher answer ends with, per language.

@@ -22,6 +22,8 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def _fsync_tree(path: Path) -> None:
     for f in path.iterdir():
+        if f.is_dir():
+            continue
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
     fd = os.open(path, os.O_RDONLY)
@@ -124,3 +126,49 @@ def load(path: Path, model, optimizer, scheduler) -> int:
     torch.set_rng_state(rng)
     scheduler.load_state_dict(state["scheduler"])
     return step
+
+
+# --- sharded runs (FSDP, DeepSpeed): Accelerate's state API, every process writing its shard ---------------------
+
+def save_sharded(ckpt_root: Path, step: int, accelerator, scheduler, keep_last: int) -> Path:
+    """The run's state through `accelerator.save_state` (model and optimizer shards, RNG states), plus the step and
+    the scheduler; written into a temporary directory every process sees, then renamed by the main process."""
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()  # the directory exists before any process writes into it
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict(),
+                                                    "sharded": True}))
+        for sub in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
+            _fsync_tree(sub)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in list_checkpoints(ckpt_root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_sharded(path: Path, accelerator, scheduler) -> int:
+    """Restore a checkpoint written by save_sharded into the prepared model and optimizer; returns its step."""
+    from alignkit import AlignkitError
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        step = int(state["step"])
+        if not state.get("sharded"):
+            raise ValueError("written by an unsharded run")
+        accelerator.load_state(str(path))
+    except Exception as e:
+        raise AlignkitError(f"{path}: cannot resume this sharded run from it ({type(e).__name__}: {str(e)[:160]}); "
+                            "a checkpoint resumes under the launch config (FSDP or not, processes) that wrote it") \
+            from None
+    scheduler.load_state_dict(state["scheduler"])
+    return step
+

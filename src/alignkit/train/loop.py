@@ -73,10 +73,14 @@ def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
     scheduler = build_scheduler(optimizer, cfg, algo.total_steps)
     ckpt_root = run_dir / "checkpoints"
     start = 0
-    if cfg.resume and (found := checkpoint.latest(ckpt_root)) is not None:
+    found = checkpoint.latest(ckpt_root) if cfg.resume else None
+    if found is not None and not run.sharded:
         start = checkpoint.load(found, model, optimizer, scheduler)
-        log.info("resumed from %s (step %d)", found, start)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if found is not None and run.sharded:  # the shards go into the prepared (sharded) model and optimizer
+        start = checkpoint.load_sharded(found, accelerator, scheduler)
+    if found is not None:
+        log.info("resumed from %s (step %d)", found, start)
     params = [p for p in model.parameters() if p.requires_grad]
 
     metrics_log = MetricsLog(run_dir, algo.total_steps, start, accelerator.is_main_process, cfg.tensorboard)
@@ -116,6 +120,8 @@ def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
                 grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             else:
                 grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor; its value, the same on every process
+                grad_norm = grad_norm.full_tensor()
             _check_finite(step, nonfinite, grad_norm, accelerator)  # before the update: the weights stay finite
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -135,7 +141,10 @@ def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
             history.append({"step": done, **metrics})
             metrics_log.advance(done)
             if cfg.save_every and done % cfg.save_every == 0 and done != algo.total_steps:
-                save_checkpoint(ckpt_root, done, model, optimizer, scheduler, cfg, accelerator)
+                if run.sharded:
+                    checkpoint.save_sharded(ckpt_root, done, accelerator, scheduler, cfg.keep_last)
+                else:
+                    save_checkpoint(ckpt_root, done, model, optimizer, scheduler, cfg, accelerator)
     finally:
         metrics_log.close()
     return accelerator.unwrap_model(model), history
@@ -195,8 +204,25 @@ def save_checkpoint(ckpt_root, step, model, optimizer, scheduler, cfg, accelerat
     accelerator.wait_for_everyone()
 
 
+def whole(trained, run, rebuild):
+    """The trained module with ordinary tensors, on the main process (None on the others). Unsharded: `trained`
+    itself. Sharded: every process must call this; the full state dict is gathered and loaded into `rebuild()`, a
+    fresh unsharded copy of the module (LoRA included), which the usual writers then save."""
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    if not run.sharded:
+        return trained if accelerator.is_main_process else None
+    state = accelerator.get_state_dict(trained)  # a collective: full tensors on the main process
+    if not accelerator.is_main_process:
+        return None
+    fresh = rebuild()
+    fresh.load_state_dict(state)
+    return fresh
+
+
 def finish(model, history: list[dict], tokenizer, cfg, run_dir: Path, accelerator, shown: tuple[str, ...]) -> None:
-    """Save the final model into run_dir/final and print a one-line summary of the last step."""
+    """Save the final model (a whole one: see `whole`; None on processes other than the main one) into
+    run_dir/final and print a one-line summary of the last step."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final(model, tokenizer, cfg, run_dir / "final")

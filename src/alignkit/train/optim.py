@@ -1,4 +1,5 @@
-"""AdamW and the learning-rate schedule (linear warm-up, then cosine, linear or constant)."""
+"""AdamW (torch's, or bitsandbytes' 8-bit) and the learning-rate schedule (linear warm-up, then cosine, linear or
+constant)."""
 
 import math
 
@@ -6,6 +7,14 @@ import torch
 
 
 def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optim == "adamw_8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            from alignkit import AlignkitError
+
+            raise AlignkitError("train.optim=adamw_8bit needs bitsandbytes (pip install 'alignkit[quant]')") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     # On CUDA the fused kernel: one launch per step instead of a dozen per parameter group.
     fused = True if params and all(p.is_cuda for p in params) else None
     return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,

@@ -47,6 +47,14 @@ class Run:
         return self.accelerator.process_index
 
     @property
+    def sharded(self) -> bool:
+        """Parameters sharded over the processes (FSDP, DeepSpeed): checkpoints and the final model are
+        written through Accelerate's state API, every process taking part."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
@@ -72,10 +80,12 @@ class Run:
         return self.accelerator.reduce(t, reduction="sum").tolist()
 
 
-def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | None = None) -> Run:
+def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | None = None,
+              shardable: bool = True) -> Run:
     """The accelerator (with the configured precision), threads, checks, seed, run directory and resolved config.
 
     unit: (n, key) when train.batch_size must split into n-sized pieces on every process.
+    shardable: False for a command that cannot train sharded weights (FSDP, DeepSpeed) yet.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -94,7 +104,13 @@ def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | Non
     # Each run in a process (a pipeline's stages, a notebook) sets its own precision; the processes stay as they are.
     AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no", cpu=on_cpus)
+    if on_cpus and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        _fsdp_on_cpus(accelerator)
     world = accelerator.num_processes
+    run = Run(cfg, accelerator, Path(t.output_dir))
+    if run.sharded and not shardable:
+        raise AlignkitError("this command does not train sharded weights yet (its rollouts need the whole policy on "
+                            "every process): launch it without an FSDP or DeepSpeed config, as DDP over processes")
     if max_processes is not None and world > max_processes:
         raise AlignkitError(f"this command runs in at most {max_processes} process(es); launch it without "
                             f"accelerate/torchrun (got {world})")
@@ -102,12 +118,31 @@ def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | Non
         raise AlignkitError(f"train.batch_size={t.batch_size} is not a multiple of {unit[1]}={unit[0]} "
                             f"x {world} processes")
     set_seed(t.seed)
-    run_dir = Path(t.output_dir)
-    _check_run_dir(cfg, run_dir)
+    _check_run_dir(cfg, run.run_dir)
     if accelerator.is_main_process:
-        print(f"run: {run_dir}, {world} process(es) on {accelerator.device.type}, "
+        print(f"run: {run.run_dir}, {world} process(es) on {accelerator.device.type}"
+              f"{' (FSDP2: parameters sharded)' if run.sharded else ''}, "
               f"{'bf16 autocast' if t.bf16 else 'float32'} compute")
-    return Run(cfg, accelerator, run_dir)
+    return run
+
+
+def _fsdp_on_cpus(accelerator) -> None:
+    """An FSDP launch config on CPU processes. Accelerate maps CPU processes to plain data parallelism and drops
+    the FSDP plugin (its FSDP path is written for accelerators), but FSDP2's fully_shard runs on CPU tensors over
+    gloo as it does on GPUs: put the plugin the launch config describes back, so `prepare` shards the model and
+    `save_state` / `get_state_dict` handle the shards."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the ACCELERATE_FSDP_* variables `accelerate launch` sets
+    if plugin.fsdp_version != 2:
+        raise AlignkitError("FSDP on CPU processes needs fsdp_version: 2 in the accelerate config "
+                            "(configs/accelerate/fsdp2.yaml)")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 # What a training run writes into its directory (and an overwrite removes); engines.json and engine.log describe
@@ -174,23 +209,46 @@ def load_policy(cfg, run: Run, head: str = "logps", before_adapter: Callable[[nn
 
     before_adapter(model) sees the plain initial model before LoRA goes on (the reference takes its frozen
     copy or its fingerprint there)."""
+    model, module = _build(cfg, head, before_adapter)
+    return Policy(model, module.to(run.device))
+
+
+def fresh_module(cfg, head: str = "logps") -> nn.Module:
+    """A new copy of what load_policy builds, on the CPU: the container a sharded run's gathered weights are
+    loaded into before the final model is written (train/loop.whole)."""
+    return _build(cfg, head, None)[1]
+
+
+def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
     from alignkit.models.heads import ScalarHead
     from alignkit.models.logprobs import SequenceLogps
 
     m, t = cfg.model, cfg.train
-    model = load_model(m.path, m.dtype, m.trust_remote_code, m.allow_pickle)
+    if m.load_in_4bit:
+        from alignkit.models.quant import load_4bit
+
+        model = load_4bit(m.path, m.bnb_4bit_quant_type, torch.bfloat16 if t.bf16 else torch.float32,
+                          m.trust_remote_code, t.gradient_checkpointing)
+    else:
+        model = load_model(m.path, m.dtype, m.trust_remote_code, m.allow_pickle)
     disable_dropout(model)
     if before_adapter is not None:
         before_adapter(model)
+    if t.gradient_checkpointing:
+        # non-reentrant: works with frozen inputs (LoRA) and under autocast; the cache is useless while training
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     if m.lora is not None:
         model = add_lora(model, m.lora)
     module = ScalarHead(model) if head == "scalar" else SequenceLogps(model, t.logits_chunk, t.share_prompts)
-    return Policy(model, module.to(run.device))
+    return model, module
 
 
 def load_task(cfg, run):
-    """An RL command's prompts: (items, their rendered chat prompts as token ids, the rewards, the tokenizer)."""
-    from alignkit.data.chat import task_prompt_ids
+    """An RL command's prompts: (items, their rendered chat prompts as token ids, the rewards, the tokenizer).
+    A conversational prompt (a TRL prompt file's messages) is rendered as given; control text in any of its
+    messages is refused naming the file, row and field (`prompt[i].content`)."""
+    from alignkit.data.chat import chat_prompt_ids, task_prompt_ids
     from alignkit.models.load import load_tokenizer
     from alignkit.rewards import Rewards
     from alignkit.tasks import make_task, task_items
@@ -198,9 +256,13 @@ def load_task(cfg, run):
     task = make_task(cfg.task)
     items = task_items(task, cfg.task)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    rewards = Rewards(cfg.rewards, task, tokenizer, run.device)
-    prompt_ids = [task_prompt_ids(tokenizer, item) for item in items]
-    print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split})")
+    rewards = Rewards(cfg.rewards, task, tokenizer, run.device, items=items)  # checked against the items first
+    prompt_ids = [chat_prompt_ids(tokenizer, item.messages(), item.meta["where"], item.meta["field"])
+                  if item.conversation is not None else task_prompt_ids(tokenizer, item) for item in items]
+    kind = ""
+    if items and items[0].meta.get("format") == "trl":
+        kind = ", TRL format, " + ("conversational" if items[0].conversation is not None else "standard")
+    print(f"data: {len(items)} prompts from {cfg.task.file or cfg.task.name} ({cfg.task.split}{kind})")
     return items, prompt_ids, rewards, tokenizer
 
 
