@@ -3,7 +3,11 @@ PY := .venv/bin/python
 
 .PHONY: setup engine run test test-slow bench
 DPO_BENCH := --steps 3 --repeats 3 --precisions fp32 --modes full,refcache,lora
-DPO_BENCH_BF16 := --steps 3 --repeats 3 --precisions bf16 --modes full --timeout 150
+DPO_BENCH_BF16 := --steps 3 --repeats 3 --precisions bf16 --modes refcache,lora --timeout 400
+# Both tools with their memory savers: activation checkpointing and 8-bit AdamW states (bitsandbytes)
+DPO_BENCH_SAVERS := --steps 3 --repeats 3 --precisions bf16 --modes refcache --timeout 400 \
+  --alignkit-set train.gradient_checkpointing=true --alignkit-set train.optim=adamw_8bit \
+  --trl-set gradient_checkpointing=true --trl-set optim=adamw_bnb_8bit
 GRPO_BENCH := --steps 2 --warmup-steps 1 --repeats 3 --modes lora --prompts-per-step 4 --group-size 4 --max-new-tokens 96
 setup: .venv/.installed
 
@@ -46,9 +50,11 @@ test-slow: setup
 
 # Regenerates the CPU tables of docs/benchmarks.md (about an hour and a half on 2 cores); the GPU tables name their own commands.
 bench: setup engine
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench,quant]'
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH_BF16) --out docs/benchmarks.md --section bf16
+	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH_SAVERS) --out docs/benchmarks.md --section savers
+	$(PY) benchmarks/memory_savers.py --bf16 --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_vs_trl.py $(GRPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/profile_dpo.py --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_backends.py --steps 4 --repeats 3 --out docs/benchmarks.md

@@ -25,11 +25,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
+FULL = ["model.lora=null"]  # the shipped config trains LoRA; these four are full fine-tuning
 VARIANTS = {
-    "none": [],
-    "gradient checkpointing": ["train.gradient_checkpointing=true"],
-    "8-bit AdamW states": ["train.optim=adamw_8bit"],
-    "checkpointing + 8-bit states": ["train.gradient_checkpointing=true", "train.optim=adamw_8bit"],
+    "none": FULL,
+    "gradient checkpointing": [*FULL, "train.gradient_checkpointing=true"],
+    "8-bit AdamW states": [*FULL, "train.optim=adamw_8bit"],
+    "checkpointing + 8-bit states": [*FULL, "train.gradient_checkpointing=true", "train.optim=adamw_8bit"],
     "LoRA r=16": ["model.lora.r=16", "reference.mode=adapter"],
     "QLoRA (NF4 base) r=16": ["model.lora.r=16", "model.load_in_4bit=true", "reference.mode=adapter"],
 }
@@ -49,7 +50,7 @@ def worker(argv: list[str]) -> None:
 def run_variant(name: str, a, tmp: Path) -> dict:
     out = tmp / re.sub(r"\W+", "-", name)
     argv = ["dpo", "--config", str(ROOT / "configs/dpo/smollm2-arith.yaml"), f"train.output_dir={out}",
-            "data.eval=null", f"data.max_length={a.max_length}", f"data.max_prompt_length={a.max_length // 2}",
+            "data.eval=null", "train.lr=5e-7", f"data.max_length={a.max_length}", f"data.max_prompt_length={a.max_length // 2}",
             f"train.batch_size={a.batch_size}", f"train.micro_batch_size={a.batch_size}",
             f"train.max_steps={a.steps + 1}", "train.save_every=null", f"train.bf16={str(a.bf16).lower()}",
             "reference.mode=cached", f"reference.cache_dir={tmp / 'ref-cache'}", *VARIANTS[name]]

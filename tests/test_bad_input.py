@@ -18,8 +18,10 @@ def _run(argv, capsys):
     err = capsys.readouterr().err.strip()
     assert exc.value.code != 0
     assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
+    # one error line, the last one (progress lines of the stages that ran before it may precede it)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0], err
+    return errors[0]
 
 
 def _logps(tmp_path, tiny_model, rows, capsys):
@@ -100,7 +102,7 @@ def test_real_cli_process_prints_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "alignkit.cli", "dpo", "--config", str(cfg)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {cfg}: invalid config: loss.bta: unknown key"
+    assert proc.stderr.strip() == f"error: {cfg}: invalid config: loss.bta: unknown key (did you mean loss.beta?)"
 
 
 # --- The matrix: bad inputs across the commands and the config layer -------------------------------------------

@@ -74,17 +74,44 @@ TRAINING = {
 }
 
 
+SHOW_CONFIG = ("Print every config key with its default (with --config and overrides: its resolved value) and its "
+               "help, then exit.")
+
+
+def _show_config(schema: str, config: Optional[str], overrides: list[str], command: str) -> None:
+    from alignkit import config as config_module
+    from alignkit.config_help import describe_config
+
+    print(describe_config(getattr(config_module, schema), config, overrides, command))
+
+
+def _missing_option(ctx, name: str) -> None:
+    """click's own usage error for a required option left out (exit 2), for one required only without
+    --show-config."""
+    try:
+        from typer._click.exceptions import MissingParameter
+    except ImportError:
+        from click import MissingParameter
+    raise MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == name))
+
+
 def _training_command(name: str, module: str, schema: str, preset: str | None, required: bool, help: str) -> None:
     def command(
-        config: Optional[str] = typer.Option(... if required else None, "--config", "-c",
-                                             help=f"YAML config (overrides only; see configs/{module.rsplit('.', 1)[1]})."),
+        ctx: typer.Context,
+        config: Optional[str] = typer.Option(None, "--config", "-c", help=f"YAML config (overrides only; see "
+                                             f"configs/{module.rsplit('.', 1)[1]}){'; required' if required else ''}."),
         overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+        show_config: bool = typer.Option(False, "--show-config", help=SHOW_CONFIG),
     ):
         import importlib
 
         from alignkit import config as config_module
 
         extra = [f"preset={preset}"] if preset else []
+        if show_config:
+            return _show_config(schema, config, [*extra, *(overrides or [])], name)
+        if required and config is None:
+            _missing_option(ctx, "config")
         cfg = config_module.load_config(getattr(config_module, schema), config, [*extra, *(overrides or [])])
         importlib.import_module(module).run(cfg)
 
@@ -107,11 +134,14 @@ def rm(
     max_length: int = typer.Option(512, min=1),
     max_prompt_length: int = typer.Option(256, min=1),
     split: str = typer.Option("train"),
+    show_config: bool = typer.Option(False, "--show-config", help=SHOW_CONFIG),
 ):
     """Train a Bradley-Terry reward model (--config), or score a preference file with one (rm score)."""
+    args = args or []
+    if show_config and args[:1] != ["score"]:
+        return _show_config("RMConfig", config, args, "rm")
     from alignkit.algos import rm as algo
 
-    args = args or []
     if args[:1] == ["score"]:
         if not (model and data) or len(args) > 1:
             raise AlignkitError("usage: alignkit rm score --model MODEL --data FILE [--out scores.jsonl]")
@@ -160,8 +190,11 @@ app.add_typer(eval_app, name="eval")
 def pairs_build(
     config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (see configs/pairs)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    show_config: bool = typer.Option(False, "--show-config", help=SHOW_CONFIG),
 ):
     """Self-correction pairs: the student's wrong answers vs. a teacher's verified chains of thought."""
+    if show_config:
+        return _show_config("PairsConfig", config, overrides or [], "pairs build")
     from alignkit.config import PairsConfig, load_config
     from alignkit.pairs import build
 
@@ -430,11 +463,16 @@ def demo(
     teacher_model: Optional[str] = typer.Option(None, help="model name at --teacher-url"),
     teacher_key_env: str = typer.Option("OPENAI_API_KEY", help="environment variable holding the endpoint's key"),
     seed: int = typer.Option(0),
+    language: str = typer.Option("en", help="en or zh: the language of the questions, the teacher's answers and "
+                                            "the held-out set"),
 ):
     """Evaluate, build self-correction pairs, train DPO, evaluate again, write report.html."""
     from alignkit import demo as d
 
-    d.run(out, model, task, questions, heldout, samples, teacher_url, teacher_model, teacher_key_env, seed=seed)
+    if language not in ("en", "zh"):
+        raise typer.BadParameter(f"{language!r}: use en or zh", param_hint="'--language'")
+    d.run(out, model, task, questions, heldout, samples, teacher_url, teacher_model, teacher_key_env, seed=seed,
+          language=language)
 
 
 @app.command()
@@ -508,6 +546,19 @@ def sxs_export(
     export.run(db, pairs, out, bootstrap, seed)
     print((Path(out) / "sxs_report.md").read_text(encoding="utf-8"), end="")
     print(f"wrote {', '.join(str(Path(out) / n) for n in ('sxs_report.json', 'sxs_report.md', 'dpo_pairs.jsonl'))}")
+
+
+@app.command("export")
+def export_checkpoint(
+    run_dir: str = typer.Argument(..., help="a training run's directory (its config.yaml and checkpoints/)"),
+    out: str = typer.Option(..., callback=_out_dir, help="directory to write the model into (new, or a model "
+                                                           "directory to replace)"),
+    step: Optional[int] = typer.Option(None, min=1, help="the checkpoint's step (default: the newest checkpoint)"),
+):
+    """A run's checkpoint as a model directory from_pretrained loads: LoRA merged, tokenizer, model card."""
+    from alignkit import export
+
+    print(f"wrote {export.run(run_dir, step, out)}")
 
 
 @app.command()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit import AlignkitError
 
@@ -107,8 +107,18 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, gt=0)
     resume: bool = True  # continue from the newest checkpoint in output_dir (only a run with the same config)
     overwrite: bool = False  # replace the run in output_dir (its checkpoints, metrics, final model) with this one
-    tensorboard: bool = False
+    tensorboard: bool = False  # an alias: true adds tensorboard to report_to
+    # Trackers for each logged step's metrics and the resolved config (train/log.py), each a pip extra:
+    # alignkit[mlflow] and so on. "mlflow" alone is [mlflow]; "none" is [].
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = []
     threads: int | None = Field(None, gt=0)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, v):
+        if isinstance(v, str):
+            return [] if v.strip().lower() == "none" else [x.strip() for x in v.split(",") if x.strip()]
+        return [] if v is None else v
 
     @model_validator(mode="after")
     def _check(self):
@@ -467,11 +477,21 @@ def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
     node[keys[-1]] = value
 
 
-def format_validation(err: ValidationError, source: str) -> str:
+def format_validation(err: ValidationError, source: str, schema: type[BaseModel] | None = None) -> str:
+    """One line naming each failing key; an unknown key gets the nearest alignkit key (or, for a TRL /
+    transformers name, alignkit's) of `schema` (default: the schema the error came from, by its name)."""
+    if schema is None:
+        named = globals().get(err.title)
+        schema = named if isinstance(named, type) and issubclass(named, BaseModel) else None
     parts = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            from alignkit.config_help import unknown_key_hint
+
+            msg = "unknown key" + unknown_key_hint(schema, e["loc"])
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
         if path and e["type"] not in ("extra_forbidden", "missing") and "input" in e:
             msg += f" (got {e['input']!r})"
         parts.append(f"{path}: {msg}" if path else msg)
@@ -480,37 +500,19 @@ def format_validation(err: ValidationError, source: str) -> str:
 
 def load_config(schema: type[BaseModel], path: str | None, overrides: list[str]) -> BaseModel:
     """Read YAML at `path` (may be None), apply `key.sub=value` overrides, validate against `schema`."""
-    tree: dict = {}
-    source = path or "config"
-    if path is not None:
-        from alignkit.data.files import read_text
-
-        try:
-            tree = yaml.safe_load(read_text(path)) or {}
-        except yaml.YAMLError as e:
-            raise AlignkitError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(tree, dict):
-            raise AlignkitError(f"{path}: the top level must be a mapping of sections")
-    for item in overrides:
-        if "=" not in item:
-            raise AlignkitError(f"override '{item}' must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(tree, key.strip(), value, f"override '{item}'")
+    tree = read_tree(path, overrides)
     try:
         return schema.model_validate(tree)
     except ValidationError as e:
-        raise AlignkitError(format_validation(e, source)) from None
+        raise AlignkitError(format_validation(e, path or "config", schema)) from None
 
 
 # Keys a rerun may change and still continue the run in its directory: how long it runs, how often it logs and
 # saves, and where (not what) it computes with. Any other difference is another run.
 MAY_CHANGE = ("train.max_steps", "train.epochs", "train.resume", "train.overwrite", "train.output_dir",
               "train.save_every", "train.keep_last", "train.log_every", "train.eval_every", "train.eval_batch_size",
-              "train.threads", "train.tensorboard", "reference.cache_dir", "generation.engine_urls",
+              "train.threads", "train.tensorboard",
+              "train.report_to", "reference.cache_dir", "generation.engine_urls",
               "generation.engine_command", "generation.startup_timeout", "generation.engine_timeout",
               "generation.sync_timeout", "generation.sync_dir")
 
@@ -536,3 +538,27 @@ def changed_keys(before: dict, cfg: BaseModel) -> list[tuple[str, object, object
 def save_resolved(cfg: BaseModel, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def read_tree(path: str | None, overrides: list[str]) -> dict:
+    """The YAML at `path` (may be None) with the `key.sub=value` overrides applied, not yet validated."""
+    tree: dict = {}
+    if path is not None:
+        from alignkit.data.files import read_text
+
+        try:
+            tree = yaml.safe_load(read_text(path)) or {}
+        except yaml.YAMLError as e:
+            raise AlignkitError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise AlignkitError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item:
+            raise AlignkitError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value, f"override '{item}'")
+    return tree

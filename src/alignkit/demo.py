@@ -2,6 +2,7 @@
 
     alignkit demo                                    # SmolLM2-135M-Instruct, two-digit addition, solver teacher
     alignkit demo --teacher-url http://127.0.0.1:8000/v1 --teacher-model qwen2.5-7b-instruct
+    alignkit demo --language zh --out runs/demo-zh      # the same in Chinese: questions, teacher, held-out set
 
 1. Evaluate the base model (greedy pass@1) on the held-out split: questions never used for training, some in
    phrasings training never sees.
@@ -53,7 +54,7 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
 def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str = "addition-2d",
         questions: int = 288, heldout: int = 200, samples: int = 1, teacher_url: str | None = None,
         teacher_model: str | None = None, teacher_key_env: str = "OPENAI_API_KEY", lr: float = 1e-3,
-        epochs: float = 1.0, seed: int = 0, max_new_tokens: int = 72) -> dict:
+        epochs: float = 1.0, seed: int = 0, max_new_tokens: int = 72, language: str = "en") -> dict:
     from alignkit.algos import dpo
     from alignkit.models.load import load_model, load_tokenizer
     from alignkit.pairs import build
@@ -62,7 +63,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
-    heldout_cfg = TaskConfig(name=task, split="heldout", limit=heldout, seed=seed)
+    heldout_cfg = TaskConfig(name=task, split="heldout", limit=heldout, seed=seed, languages=[language])
     tokenizer = load_tokenizer(model)
     student = load_model(model)
 
@@ -78,7 +79,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     else:
         teacher = TeacherConfig(kind="solver")
     pairs_cfg = PairsConfig(
-        task=TaskConfig(name=task, split="train", limit=questions, seed=seed),
+        task=TaskConfig(name=task, split="train", limit=questions, seed=seed, languages=[language]),
         student=StudentConfig(model=model, samples=samples, temperature=1.0, max_new_tokens=64, batch_size=256,
                               seed=seed),
         teacher=teacher, output_dir=str(run_dir / "pairs"), chunk=128,
@@ -115,7 +116,8 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     gc.collect()
 
     summary = {
-        "model": model, "task": task, "heldout_questions": before["items"], "training_questions": questions,
+        "model": model, "task": task, "language": language, "heldout_questions": before["items"],
+        "training_questions": questions,
         "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
         "accuracy_reserved_before": before.get("accuracy_reserved_phrasings"),
         "accuracy_reserved_after": after.get("accuracy_reserved_phrasings"),

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from alignkit.eval.metrics import majority, pass_at_k
+from alignkit.progress import progress
 from alignkit.tasks.extract import equivalent, extract_answer
 
 
@@ -26,9 +27,20 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
 
     started = time.time()
     prompts = [task_prompt_ids(tokenizer, item) for item in items]
-    greedy = sampler.generate(prompts, n=1, temperature=0, max_new_tokens=max_new_tokens)
-    sampled = (sampler.generate(prompts, n=samples, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, seed=seed) if samples else None)
+    # Questions go in chunks for a progress line with an ETA: the local sampler's batch (128 for engines), a
+    # quarter of the questions when that is less (an ETA after the first quarter), a 20th when that is more;
+    # prompt_keys seed each question's samples as one call over all of them would.
+    batch = getattr(sampler, "batch_size", None) or 128
+    per = max(min(batch, -(-len(prompts) // 4)), -(-len(prompts) // 20), 1)
+    greedy, sampled = [], [] if samples else None
+    with progress("eval accuracy", total=len(prompts), unit="questions") as advance:
+        for s in range(0, len(prompts), per):
+            part, keys = prompts[s : s + per], list(range(s, min(s + per, len(prompts))))
+            greedy += sampler.generate(part, n=1, temperature=0, max_new_tokens=max_new_tokens, prompt_keys=keys)
+            if samples:
+                sampled += sampler.generate(part, n=samples, temperature=temperature, top_p=top_p,
+                                            max_new_tokens=max_new_tokens, seed=seed, prompt_keys=keys)
+            advance(len(part))
     results = []
     for i, item in enumerate(items):
         text = greedy[i][0].text

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignkit.data.chat import chat_prompt_ids  # noqa: F401  (re-exported: prompts for generate)
+from alignkit.progress import progress
 
 
 @dataclass
@@ -141,17 +142,19 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int = 1, temperature
     was_training = model.training
     model.eval()
     results: dict[tuple[int, int], Sample] = {}
-    try:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            outs = _generate_batch(
-                model, [list(prompts[p]) for p, _ in chunk],
-                [_row_seed(seed, keys[p], j) for p, j in chunk],
-                pad_id, stop_ids, temperature, top_p, max_new_tokens,
-            )
-            for (p, j), (ids, logps, fin) in zip(chunk, outs):
-                body = ids[:-1] if fin else ids
-                results[(p, j)] = Sample(tokenizer.decode(body, skip_special_tokens=True), ids, logps, fin)
+    try:  # progress per batch (quiet inside another one: an eval's chunks, training's rollouts)
+        with progress("generate", total=len(jobs) if len(jobs) > batch_size else 0, unit="samples") as advance:
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                outs = _generate_batch(
+                    model, [list(prompts[p]) for p, _ in chunk],
+                    [_row_seed(seed, keys[p], j) for p, j in chunk],
+                    pad_id, stop_ids, temperature, top_p, max_new_tokens,
+                )
+                for (p, j), (ids, logps, fin) in zip(chunk, outs):
+                    body = ids[:-1] if fin else ids
+                    results[(p, j)] = Sample(tokenizer.decode(body, skip_special_tokens=True), ids, logps, fin)
+                advance(len(chunk))
     finally:
         model.train(was_training)
     return [[results[(p, j)] for j in range(n)] for p in range(len(prompts))]

@@ -64,6 +64,10 @@ def save_scalar_model(module: ScalarHead, tokenizer, dest: Path, merge: bool, ki
         save_file({"weight": head.weight.detach().contiguous().cpu(), "bias": head.bias.detach().contiguous().cpu()},
                   str(tmp / HEAD_FILE))
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "hidden_size": head.in_features}))
+        if kind == "reward":  # README.md from the run's saved config.yaml (next to `dest`), when there is one
+            from alignkit.model_card import try_write
+
+            try_write(tmp, None, run_dir=dest.parent, method="rm")
 
 
 def load_scalar_model(path: str, dtype: str = "float32") -> ScalarHead:

@@ -29,17 +29,19 @@ from torch import nn
 from alignkit import AlignkitError
 from alignkit.data.chat import TokenizedPair
 from alignkit.data.collate import PairBatch, pad_rows
+from alignkit.progress import progress
 
 
 # --- the log-prob loop ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
 def sequence_logps(seq_logps, rows: list[tuple], pad_id: int, batch_rows: int, autocast=contextlib.nullcontext,
-                   device="cpu", context=contextlib.nullcontext, group: int = 1) -> list[float]:
+                   device="cpu", context=contextlib.nullcontext, group: int = 1, advance=None) -> list[float]:
     """Summed response log-prob of each (prompt_ids, response_ids) row under `seq_logps` (a SequenceLogps).
 
     Rows go in groups of `group` consecutive rows that stay in one batch (chosen and rejected of a pair share
-    their prompt's pass); groups are batched longest first, so similar lengths share a batch."""
+    their prompt's pass); groups are batched longest first, so similar lengths share a batch. `advance(n)`, when
+    given, is told the rows of each batch done (a progress display)."""
     groups = [list(range(s, min(s + group, len(rows)))) for s in range(0, len(rows), group)]
     groups.sort(key=lambda g: -max(len(rows[i][0]) + len(rows[i][1]) for i in g))
     per_batch = max(1, batch_rows // group)
@@ -51,14 +53,17 @@ def sequence_logps(seq_logps, rows: list[tuple], pad_id: int, batch_rows: int, a
             logps = seq_logps(ids.to(device), mask.to(device)).float().cpu()
         for j, i in enumerate(idx):
             out[i] = logps[j].item()
+        if advance is not None:
+            advance(len(idx))
     return out
 
 
 def pair_logps(seq_logps, pairs: list[TokenizedPair], pad_id: int, batch_size: int, autocast=contextlib.nullcontext,
-               device="cpu", context=contextlib.nullcontext) -> list[dict]:
+               device="cpu", context=contextlib.nullcontext, advance=None) -> list[dict]:
     """One `alignkit logps` record per pair: row, chosen_logp, rejected_logp and their token counts."""
     rows = [r for p in pairs for r in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))]
-    logps = sequence_logps(seq_logps, rows, pad_id, 2 * batch_size, autocast, device, context, group=2)
+    logps = sequence_logps(seq_logps, rows, pad_id, 2 * batch_size, autocast, device, context, group=2,
+                           advance=advance)
     return [{"row": p.row, "chosen_logp": logps[2 * k], "rejected_logp": logps[2 * k + 1],
              "chosen_tokens": len(p.chosen_ids), "rejected_tokens": len(p.rejected_ids)} for k, p in enumerate(pairs)]
 
@@ -188,9 +193,10 @@ def cached_tables(cfg, fingerprint: str, policy, needed: dict[str, list[Tokenize
               + (f" ({len(hinted)} rejected from the sampler's record)" if hinted else "") + f" (cache {path})")
         policy.module.eval()
         args = (pad_id, t.eval_batch_size, run.autocast, run.device, policy.adapter_off)
-        results = pair_logps(policy.module, full, *args)
-        chosen = sequence_logps(policy.module, [(p.prompt_ids, p.chosen_ids) for p in hinted], pad_id,
-                                2 * t.eval_batch_size, *args[2:])
+        with progress("reference log-probs", total=2 * len(full) + len(hinted), unit="rows") as advance:
+            results = pair_logps(policy.module, full, *args, advance=advance)
+            chosen = sequence_logps(policy.module, [(p.prompt_ids, p.chosen_ids) for p in hinted], pad_id,
+                                    2 * t.eval_batch_size, *args[2:], advance=advance)
         results += [{"chosen_logp": c, "rejected_logp": p.rejected_hint[3]} for p, c in zip(hinted, chosen)]
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:

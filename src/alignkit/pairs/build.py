@@ -24,15 +24,16 @@ student answer holding some is not used as `rejected` (`student_control_text` wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from alignkit import AlignkitError
 from alignkit.config import PairsConfig, save_resolved
 from alignkit.data.jsonl import AppendLog, repair
+from alignkit.progress import progress
 from alignkit.tasks import make_task, task_items
 from alignkit.tasks.extract import extract_answer
 
@@ -134,6 +135,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
     outcomes: dict[str, dict] = {}
     backend = None  # the student's sampler, opened once there is a question to ask
     retries = 0
+    shown = contextlib.ExitStack()  # the progress display, closed first
     try:
         outcomes = _reconcile(pair_rows, outcome_rows, outcome_log)
         keys = {item.id: i for i, item in enumerate(items)}
@@ -141,7 +143,6 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         if outcomes:
             log(f"pairs: resuming, {len(outcomes)} of {len(items)} questions already done")
         teacher = sampler = None
-        started = time.time()
         if todo:
             from alignkit.data.chat import ControlText, chat_prompt_ids
             from alignkit.generation.rollout import LocalBackend, from_config
@@ -164,6 +165,9 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                 from alignkit.models.reference import model_fingerprint
 
                 sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
+        # progress per chunk, with an ETA: a bar on a terminal, else a line through `log` every ~10% or 30 s
+        advance = shown.enter_context(progress("pairs build", total=len(items), completed=len(items) - len(todo),
+                                               unit="questions", write=log))
         for start in range(0, len(todo), cfg.chunk):
             chunk = todo[start:start + cfg.chunk]
             samples = backend.generate([chat_prompt_ids(tokenizer, it.messages()) for it in chunk], n=s.samples,
@@ -210,8 +214,8 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                 outcome_log.write(record)
                 outcomes[item.id] = record
             so_far = summarize(outcomes, len(items))
-            log(f"pairs: {so_far['done']}/{len(items)} questions, {so_far['pairs']} pairs, "
-                f"{so_far['skipped_always_right']} skipped, {so_far['dropped']} dropped ({time.time() - started:.0f}s)")
+            advance(len(chunk), info=f"{so_far['pairs']} pairs, {so_far['skipped_always_right']} skipped, "
+                                     f"{so_far['dropped']} dropped")
     except AlignkitError as e:
         from alignkit.generation.openai_client import EndpointMisconfigured
 
@@ -222,6 +226,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         raise AlignkitError(f"{e}; {summary['done']} of {len(items)} questions are saved in {out}, "
                             f"{then} to resume") from None
     finally:
+        shown.close()
         pair_log.close()
         outcome_log.close()
         if backend is not None:

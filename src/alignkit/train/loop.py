@@ -19,7 +19,7 @@ from typing import Iterable, Protocol
 import torch
 
 from alignkit.train import checkpoint
-from alignkit.train.log import MetricsLog
+from alignkit.train.log import MetricsLog, check_trackers, trackers_of
 from alignkit.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
     """Run `algo.total_steps` optimizer steps of `algo` on `model` (a module returning what `algo.loss` needs),
     in `run` (train/setup.Run: its train config, accelerator and directory)."""
     cfg, accelerator, run_dir = run.cfg.train, run.accelerator, run.run_dir
+    check_trackers(trackers_of(cfg))  # a tracker library missing: an error before the run directory is touched
     run.begin()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, cfg)
@@ -83,7 +84,8 @@ def train(algo: Algorithm, model, run) -> tuple[torch.nn.Module, list[dict]]:
         log.info("resumed from %s (step %d)", found, start)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    metrics_log = MetricsLog(run_dir, algo.total_steps, start, accelerator.is_main_process, cfg.tensorboard)
+    metrics_log = MetricsLog(run_dir, algo.total_steps, start, accelerator.is_main_process, trackers_of(cfg),
+                             run.cfg.model_dump(mode="json"))  # the trackers get the resolved config (config.yaml)
     history: list[dict] = []
     try:
         for step in range(start, algo.total_steps):
@@ -240,3 +242,6 @@ def save_final(model, tokenizer, cfg, dest: Path) -> None:
             model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        from alignkit.model_card import try_write
+
+        try_write(tmp, cfg, run_dir=dest.parent)  # README.md: base model, method, data, last metrics, command

@@ -106,6 +106,10 @@ def start_run(cfg, unit: tuple[int, str] | None = None, max_processes: int | Non
     accelerator = Accelerator(mixed_precision="bf16" if t.bf16 else "no", cpu=on_cpus)
     if on_cpus and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         _fsdp_on_cpus(accelerator)
+    if on_cpus and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        # Accelerate skips DeepSpeed for CPU processes; without that, the run would silently be plain DDP.
+        raise AlignkitError("DeepSpeed does not run on CPU processes through Accelerate (it needs GPUs); on CPUs use "
+                            "configs/accelerate/fsdp2.yaml to shard, or launch without a config for DDP")
     world = accelerator.num_processes
     run = Run(cfg, accelerator, Path(t.output_dir))
     if run.sharded and not shardable:
