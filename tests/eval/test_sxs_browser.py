@@ -8,7 +8,6 @@ Needs Debian's chromium (`apt-get install chromium`) and the `playwright` packag
 """
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,14 +17,7 @@ import pytest
 from alignkit.cli import main
 from conftest import ROOT, write_jsonl
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                                             "(pip install playwright; no browser download needed)")
-if not shutil.which(CHROMIUM):
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+from browser_testing import ARGS, CHROMIUM, sync_api  # skips this module without a browser
 
 MODELS = ("model-alpha", "model-beta")  # must never appear on the page
 

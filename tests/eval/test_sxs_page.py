@@ -5,7 +5,6 @@ in an answer must come out as text.
 Needs Debian's chromium and the `playwright` package, like test_sxs_browser.py; skipped without them.
 """
 
-import shutil
 import threading
 
 import pytest
@@ -14,14 +13,7 @@ from alignkit.sxs.items import load_items
 from alignkit.sxs.server import make_server
 from conftest import write_jsonl
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                                             "(pip install playwright; no browser download needed)")
-if not shutil.which(CHROMIUM):
-    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+from browser_testing import ARGS, CHROMIUM, sync_api  # skips this module without a browser
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ Prompts and answers are rendered as a safe subset of Markdown (fenced code, inli
 headings, lists, quotes, rules, paragraphs and line breaks, http(s) links): every piece of their text goes
 into the page as a text node, never as HTML, so raw HTML in an answer shows as the text it is.
 
-The interface speaks English or Chinese: one table of strings per language (EN, ZH). html(lang) fills them
+The interface speaks English or Chinese: one table of strings per language (EN, ZH in sxs/strings.py). html(lang) fills them
 into the page, and script(lang) puts them in front of the script as `T`, so the server sends a page and a
 script in one language and the Content-Security-Policy needs no inline script.
 """
@@ -17,74 +17,7 @@ script in one language and the Content-Security-Policy needs no inline script.
 import json
 from html import escape
 
-EN = {
-    "html_lang": "en",
-    "title": "Which answer is better?",
-    "as": "as",
-    "change": "change",
-    "who_label": "Your name or annotator id (asked once, kept in this browser):",
-    "start": "Start",
-    "prompt": "Prompt",
-    "a_better": "A better",
-    "b_better": "B better",
-    "tie": "Tie",
-    "both_bad": "Both bad",
-    "comment_label": "Comment (optional, sent with your choice):",
-    "comment_placeholder": "Why? (press C to type here)",
-    "undo": "Undo last label",
-    "done": "All items are labelled. Thank you!",
-    "keys": "Keys:",
-    "or": "or",
-    "key_undo": "undo your last label",
-    "key_comment": "write a comment,",
-    "key_enter": "to finish it",
-    "key_newline": "for a new line",
-    "key_then": "then choose.",
-    "blind_note": "The order of the answers is random; model names are hidden.",
-    # used by the script
-    "progress": "{labelled} of {total} labelled",
-    "saved": "Saved: {choice}.",
-    "not_saved": "Not saved: {error}",
-    "comment_ready": "Comment ready: now choose (1-4).",
-    "undone": "Undone: {choice}. The item is back; choose again.",
-    "not_undone": "Not undone: {error}",
-    "nothing_to_undo": "Nothing to undo: only labels made on this page since it was opened can be undone.",
-}
-
-ZH = {
-    "html_lang": "zh-CN",
-    "title": "哪个回答更好？",
-    "as": "标注人：",
-    "change": "更换",
-    "who_label": "你的名字或标注人 ID（只问一次，保存在这个浏览器里）：",
-    "start": "开始",
-    "prompt": "问题",
-    "a_better": "A 更好",
-    "b_better": "B 更好",
-    "tie": "一样好",
-    "both_bad": "都不好",
-    "comment_label": "备注（可选，随你的选择一起提交）：",
-    "comment_placeholder": "为什么？（按 C 在这里输入）",
-    "undo": "撤销上一个标注",
-    "done": "全部标注完成，谢谢！",
-    "keys": "快捷键：",
-    "or": "或",
-    "key_undo": "撤销上一个标注",
-    "key_comment": "写备注，",
-    "key_enter": "结束备注",
-    "key_newline": "换行",
-    "key_then": "然后再选择。",
-    "blind_note": "两个回答的左右顺序是随机的，模型名称已隐藏。",
-    "progress": "已标注 {labelled} / {total}",
-    "saved": "已保存：{choice}。",
-    "not_saved": "未保存：{error}",
-    "comment_ready": "备注已写好，现在请选择（1-4）。",
-    "undone": "已撤销：{choice}。这一条已放回，请重新选择。",
-    "not_undone": "未能撤销：{error}",
-    "nothing_to_undo": "没有可撤销的标注：只能撤销打开本页以来在本页做的标注。",
-}
-
-STRINGS = {"en": EN, "zh": ZH}
+from alignkit.sxs.strings import EN, STRINGS, ZH  # noqa: F401  (the page's strings, one table a language)
 
 # {name}: a string of the page's language, HTML-escaped by html(). No other braces may appear here.
 HTML = """<!doctype html>
