@@ -63,6 +63,13 @@ class ControlText:
         hits = [(text.find(t), t) for t in self.strings if t in text]
         return min(hits)[1] if hits else None
 
+    def check_question(self, item) -> str:
+        """Check a task item's question (tasks/base.Item), named by its file, row and field when it came from a
+        file; returns that name."""
+        where = item.meta.get("where", f"task item {item.id}")
+        self.check(item.question, where, item.meta.get("field", "question"))
+        return where
+
     def check(self, text, where: str, field: str) -> None:
         """Raise when `text` (a string, a message or a list of messages) holds a control string."""
         if isinstance(text, dict):
@@ -94,8 +101,7 @@ def chat_prompt_ids(tokenizer, messages: list[dict], where: str = "prompt", fiel
 def task_prompt_ids(tokenizer, item) -> list[int]:
     """chat_prompt_ids of a task item's question (tasks/base.Item); control text in a question read from a file is
     refused naming the file, row and field."""
-    where = item.meta.get("where", f"task item {item.id}")
-    ControlText(tokenizer).check(item.question, where, item.meta.get("field", "question"))
+    where = ControlText(tokenizer).check_question(item)
     return chat_prompt_ids(tokenizer, item.messages(), where)
 
 

@@ -113,14 +113,6 @@ def _rejected(task, item, samples, control):
     return None, "student_control_text" if wrong else "student_empty"
 
 
-def _check_questions(control, items, task_name: str) -> None:
-    """A question holding control text is refused, named by its file, row and field (a question file's items
-    carry them) or by task and id: it would become a prompt the student trains on."""
-    for item in items:
-        where = item.meta.get("where", f"task {task_name}: question {item.id}")
-        control.check(item.question, where, item.meta.get("field", "question"))
-
-
 def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
     """Build (or resume) the pairs; returns the summary. `student`/`tokenizer` may be passed in already loaded."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -153,7 +145,8 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             if tokenizer is None:
                 tokenizer = load_tokenizer(s.model, s.trust_remote_code)
             control = ControlText(tokenizer)  # the student's: the pairs are trained on the student
-            _check_questions(control, todo, task.name)
+            for item in todo:  # before any model loads: a question with control text would become a prompt
+                control.check_question(item)
             if s.backend == "local" and student is None:
                 student = load_model(s.model, trust_remote_code=s.trust_remote_code)
             teacher = make_teacher(cfg.teacher, control)
