@@ -40,6 +40,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_model, tmp_path, capsy
         assert [t.text for t in svg.findall(".//s:text[@class='xtick']", ns)] == ["0", "1", "2", "3"]
         assert [t.text for t in svg.findall(".//s:text[@class='xlabel']", ns)] == ["step"]
         assert svg.find(".//s:text[@class='ylabel']", ns).text == svg.get("aria-label")
+    # accuracy per phrasing template: one row each, labelled by one of its questions, covering all 8 questions
+    base = [json.loads(line) for line in (out / "eval-base" / "results.jsonl").read_text().splitlines()]
+    table = re.search(r"<h2>Held-out accuracy \(greedy pass@1\)</h2><table>.*?</table>", html).group(0)
+    templates = {r["phrasing"] for r in base}
+    counts = [int(n) for n in re.findall(r"“[^”]*”(?: \(unseen phrasing\))?, (\d+) questions", table)]
+    assert len(counts) == len(templates) and sum(counts) == 8
     pairs = sum(1 for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines() if line.strip())
     built = re.search(r"<h2>Pairs built</h2><table><thead>.*?</thead><tbody><tr><td>(\d+)</td><td>(\d+)</td>", html)
     assert built and built.groups() == (str(pairs), "16")

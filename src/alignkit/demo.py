@@ -151,6 +151,27 @@ def console_summary(s: dict, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _group_rows(base: list[dict], trained: list[dict]) -> list[list[str]]:
+    """Accuracy before and after per language (when there are several) and per phrasing template, each template
+    shown by one of its questions and marked when training never used it."""
+    rows = []
+    for key in ("language", "phrasing"):
+        names = sorted({r[key] for r in base if key in r}, key=lambda n: (n.split("/")[0], int(n.split("/")[-1]))
+                       if key == "phrasing" else n)
+        if len(names) < 2 and key == "language":
+            continue
+        for name in names:
+            before = [r for r in base if r.get(key) == name]
+            after = [r for r in trained if r.get(key) == name]
+            if key == "language":
+                label = f"language {name}"
+            else:
+                label = f"“{before[0]['question']}”" + (" (unseen phrasing)" if before[0].get("reserved_phrasing") else "")
+            rows.append([f"{label}, {len(before)} questions", f"{sum(r['correct'] for r in before) / len(before):.1%}",
+                         f"{sum(r['correct'] for r in after) / max(len(after), 1):.1%}"])
+    return rows
+
+
 def write_report(run_dir: Path, s: dict) -> Path:
     from alignkit.eval import report as r
 
@@ -161,10 +182,13 @@ def write_report(run_dir: Path, s: dict) -> Path:
         "preference accuracy": ["rewards/accuracies"],
         "log-probs": ["logps/chosen", "logps/rejected"],
     }, every=r.log_every(run_dir / "dpo" / "config.yaml"))
+    base = [json.loads(line) for line in (run_dir / "eval-base" / "results.jsonl").read_text().splitlines()]
+    trained = [json.loads(line) for line in (run_dir / "eval-trained" / "results.jsonl").read_text().splitlines()]
     acc_rows = [["all held-out questions", f"{s['accuracy_before']:.1%}", f"{s['accuracy_after']:.1%}"]]
     if s.get("accuracy_reserved_after") is not None:
         acc_rows.append(["phrasings never used in training", f"{s['accuracy_reserved_before']:.1%}",
                          f"{s['accuracy_reserved_after']:.1%}"])
+    acc_rows += _group_rows(base, trained)
     pairs = [json.loads(line) for line in (run_dir / "pairs" / "pairs.jsonl").read_text().splitlines()[:5]]
     pair_html = "".join(
         f"<h3>{r.html.escape(p['metadata']['question'])} (answer {p['metadata']['answer']})</h3><div class='pair'>"
@@ -172,8 +196,6 @@ def write_report(run_dir: Path, s: dict) -> Path:
         f"<div><b class='bad'>rejected</b> (the student){r.pre(p['rejected'][0]['content'])}</div></div>"
         for p in pairs
     )
-    base = [json.loads(line) for line in (run_dir / "eval-base" / "results.jsonl").read_text().splitlines()]
-    trained = [json.loads(line) for line in (run_dir / "eval-trained" / "results.jsonl").read_text().splitlines()]
     answer_html = "".join(
         f"<h3>{r.html.escape(b['question'])} (answer {b['answer']})</h3><div class='pair'>"
         f"<div><b class='{'ok' if b['correct'] else 'bad'}'>before</b>{r.pre(b['response'])}</div>"

@@ -40,3 +40,22 @@ def test_bad_k_is_a_clear_error(tiny_model, tmp_path, capsys):
               "--k", "4", "--out", str(tmp_path)])
     assert e.value.code == 2
     assert "each k must be between 1 and --samples 2" in capsys.readouterr().err
+
+
+def test_accuracy_per_language_and_phrasing(tiny_model, tmp_path):
+    """A built-in task in two languages: the summary has accuracy per language and per phrasing template, each
+    recomputed from the per-question rows, and the groups cover every question once."""
+    out = tmp_path / "acc"
+    main(["eval", "accuracy", "--model", str(tiny_model), "--task", "addition-2d", "--limit", "24",
+          "--languages", "en,zh", "--max-new-tokens", "4", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert set(summary["by_language"]) == {"en", "zh"} == {r["language"] for r in rows}
+    for key in ("language", "phrasing"):
+        groups = summary[f"by_{key}"]
+        assert sum(g["items"] for g in groups.values()) == 24
+        for name, g in groups.items():
+            mine = [r["correct"] for r in rows if r[key] == name]
+            assert g["items"] == len(mine) and g["accuracy"] == sum(mine) / len(mine)
+    assert all(r["phrasing"].split("/")[0] == r["language"] for r in rows)
+    assert len(summary["by_phrasing"]) > 2

@@ -49,6 +49,10 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
                "finished": greedy[i][0].finished, "tokens": len(greedy[i][0].token_ids)}
         if item.meta.get("reserved") is not None:
             row["reserved_phrasing"] = item.meta["reserved"]
+        if item.meta.get("phrasing") is not None:
+            row["phrasing"] = f"{item.language}/{item.meta['phrasing']}"
+        if item.language:
+            row["language"] = item.language
         if sampled:
             texts = [s.text for s in sampled[i]]
             row["samples"] = [{"extracted": extract_answer(t), "correct": task.evaluate(item, t)} for t in texts]
@@ -61,6 +65,13 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
     if reserved:
         summary["accuracy_reserved_phrasings"] = sum(r["correct"] for r in reserved) / len(reserved)
         summary["items_reserved_phrasings"] = len(reserved)
+    for key in ("language", "phrasing"):  # accuracy per language and per phrasing template, where the task has them
+        groups: dict[str, list[bool]] = {}
+        for r in results:
+            if key in r:
+                groups.setdefault(r[key], []).append(r["correct"])
+        if len(groups) > 1 or (key == "phrasing" and groups):
+            summary[f"by_{key}"] = {k: {"accuracy": sum(v) / len(v), "items": len(v)} for k, v in sorted(groups.items())}
     if sampled:
         summary["samples"] = samples
         for k in ks:
