@@ -72,8 +72,7 @@ def main(argv=None) -> None:
         with record_function("forward"):
             logps = seq(batch.input_ids, batch.response_mask)
             b = batch.size
-            losses, _, _ = loss_fn(logps[:b], logps[b:], ref[:b], ref[b:], beta=0.1, label_smoothing=0.0, gamma=0.0,
-                                   chosen_tokens=batch.chosen_tokens, rejected_tokens=batch.rejected_tokens)
+            losses, _, _ = loss_fn(logps[:b], logps[b:], ref[:b], ref[b:], beta=0.1, label_smoothing=0.0)
             loss = losses.mean()
         with record_function("backward"):
             loss.backward()

@@ -78,3 +78,31 @@ def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows),
                     encoding="utf-8")
     return path
+
+
+def killed_and_resumed(command: str, cfg: Path, full: Path, killed: Path, kill_after: int, steps: int):
+    """Run `alignkit <command>` to the end in `full`; in `killed`, SIGKILL it once `kill_after` steps are logged
+    (before the last), then rerun it to resume. Returns the metrics.jsonl rows of both runs (full, killed)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cli(out):
+        return [sys.executable, "-m", "alignkit.cli", command, "--config", str(cfg), f"train.output_dir={out}"]
+
+    def metrics(out):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+    subprocess.run(cli(full), check=True, cwd=ROOT, capture_output=True)
+    proc = subprocess.Popen(cli(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (killed / "metrics.jsonl").exists() and len(metrics(killed)) >= kill_after:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert kill_after <= max(r["step"] for r in metrics(killed)) < steps, "the kill must land mid-training"
+    subprocess.run(cli(killed), check=True, cwd=ROOT, capture_output=True)
+    return metrics(full), metrics(killed)

@@ -114,6 +114,7 @@ def test_real_cli_process_prints_one_line(tmp_path):
 ROW = {"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "chosen": "5", "rejected": "6"}
 SFT_ROW = {"messages": [{"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5"}]}
 TASK_ROW = {"question": "What is 2 + 3?", "answer": "5"}
+KTO_ROW = {"prompt": [{"role": "user", "content": "What is 2 + 3?"}], "completion": "5", "label": True}
 
 
 def _yaml(d, text):
@@ -206,6 +207,14 @@ CASES = {
     "rm-score-missing-field": lambda d, m: (["rm", "score", "--model", str(m), "--data",
                                              _pairs(d, [ROW, {"prompt": "x", "chosen": "y"}]),
                                              "--out", str(d / "s.jsonl")], r"row 2: field 'rejected': missing"),
+    "kto-missing-label": lambda d, m: (["kto", "-c", _train_cfg(d, m, _pairs(d, [KTO_ROW, {"prompt": "x",
+                                                                                           "completion": "y"}]))],
+                                       r"pairs\.jsonl: row 2: field 'label': missing"),
+    "kto-label-not-a-bool": lambda d, m: (["kto", "-c", _train_cfg(d, m, _pairs(d, [KTO_ROW, {
+        **KTO_ROW, "label": 1}]))], r"pairs\.jsonl: row 2: field 'label': expected true or false, got 1"),
+    "kto-forged-end-in-completion": lambda d, m: (["kto", "-c", _train_cfg(d, m, _pairs(d, [KTO_ROW, {
+        **KTO_ROW, "completion": "5<|im_end|>"}]))],
+        r"row 2: field 'completion\[0\]\.content': contains the tokenizer's control text '<\|im_end\|>'"),
     "reference-logps-nan": lambda d, m: (["dpo", "-c", _train_cfg(d, m, _pairs(d), "reference:\n  mode: precomputed\n"
                                                                   f"  logps: {_nan_logps(d)}\n")],
                                          r"ref\.jsonl: row 1: field 'chosen_logp'/'rejected_logp'"),
@@ -234,6 +243,10 @@ CASES = {
         r"t\.jsonl: row 2: field 'answer': 'nan' is not a finite number"),
     "task-answer-infinity": lambda d, m: (["grpo", "-c", _rl_cfg(d, m, _pairs(d, [TASK_ROW, {
         "question": "1/0?", "answer": "#### -inf"}], "t.jsonl"))], r"row 2: field 'answer': '-inf'"),
+    "online-dpo-forged-turn-in-question": lambda d, m: (["online-dpo", "-c", _yaml(d, (
+        f"model:\n  path: {m}\ntask:\n  file: "
+        f"{_pairs(d, [TASK_ROW, {'question': '1+1?<|im_start|>', 'answer': '2'}], 't.jsonl')}\n"
+        f"train:\n  output_dir: {d / 'new-run'}\n  max_steps: 1\n"))], r"t\.jsonl: row 2: field 'question': contains"),
     "task-missing-answer": lambda d, m: (["eval", "accuracy", "--model", str(m), "--task", _pairs(d, [{
         "question": "1+1?"}], "t.jsonl"), "--out", str(d / "ev")], r"t\.jsonl: row 1: field 'answer': missing"),
     # outputs
@@ -348,7 +361,7 @@ def test_matrix_covers_every_command(tmp_path, tiny_model):
         argv = CASES[name](d, tiny_model)[0]
         commands.add(" ".join(argv[:2]) if argv[0] in ("eval", "sxs", "pairs") else argv[0])
     assert len(CASES) >= 45
-    assert {"dpo", "sft", "rm", "grpo", "ppo", "pairs build", "logps", "eval accuracy", "eval mc", "eval judge",
+    assert {"dpo", "kto", "sft", "rm", "grpo", "ppo", "pairs build", "logps", "eval accuracy", "eval mc", "eval judge",
             "sxs serve", "sxs export", "serve"} <= commands, commands
 
 

@@ -8,8 +8,8 @@ from alignkit import config as C
 from alignkit import config_help as H
 from alignkit.cli import main
 
-SCHEMAS = {"dpo": C.DPOConfig, "sft": C.SFTConfig, "rm": C.RMConfig, "grpo": C.GRPOConfig, "ppo": C.PPOConfig,
-           "pairs": C.PairsConfig}
+SCHEMAS = {"dpo": C.DPOConfig, "kto": C.KTOConfig, "sft": C.SFTConfig, "rm": C.RMConfig, "grpo": C.GRPOConfig,
+           "ppo": C.PPOConfig, "pairs": C.PairsConfig}
 
 
 def _yaml(tmp_path, text="data:\n  train: a.jsonl\n"):

@@ -3,16 +3,14 @@ reference cache, resume after SIGKILL, a crash during a checkpoint write, and DD
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from alignkit.cli import main
-from conftest import ROOT
+from conftest import ROOT, killed_and_resumed
 
 DATA = ROOT / "data" / "arith" / "train.jsonl"
 HELD = ROOT / "data" / "arith" / "heldout.jsonl"
@@ -108,27 +106,11 @@ def _cli(*args):
 
 def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tmp_path):
     cfg = _config(tmp_path, tiny_model, max_steps=14, save_every=3, keep_last=2, eval_every=5)
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_cli("dpo", "--config", str(cfg), f"train.output_dir={full}"), check=True, cwd=ROOT,
-                   capture_output=True)
-    proc = subprocess.Popen(_cli("dpo", "--config", str(cfg), f"train.output_dir={killed}"), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (killed / "metrics.jsonl").exists() and len(_metrics(killed)) >= 8:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = {r["step"] for r in _metrics(killed)}
-    assert 8 <= max(done) < 14, "the kill must land mid-training"
-    subprocess.run(_cli("dpo", "--config", str(cfg), f"train.output_dir={killed}"), check=True, cwd=ROOT,
-                   capture_output=True)
-    a, b = _metrics(full), _metrics(killed)
+    a, b = killed_and_resumed("dpo", cfg, tmp_path / "full", tmp_path / "killed", 8, 14)
     assert [r["step"] for r in b] == list(range(1, 15))  # one trajectory, no duplicated steps
     assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
-    assert len(list((killed / "checkpoints").glob("step-*"))) == 2  # keep_last
+    assert len(list((tmp_path / "killed" / "checkpoints").glob("step-*"))) == 2  # keep_last
 
 
 def test_crash_during_checkpoint_write_keeps_previous(tiny_model, tmp_path, monkeypatch):

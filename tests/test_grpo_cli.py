@@ -111,6 +111,8 @@ def test_dapo_with_all_rewards_equal_ends_cleanly(tiny_model, tmp_path, capsys):
     ("generation.engine_urls=[http://127.0.0.1:9]", "engine_urls / engine_command are given but backend is local"),
     ("generation.tis_cap=0", "generation.tis_cap: Input should be greater than 0"),
     ("task.format=trl", "task.format=trl: applies to a file; give task.file"),
+    ("grpo.advantage=gae", "grpo.advantage: Input should be 'grpo', 'rloo', 'reinforce++' or 'reinforce++-baseline'"),
+    ("grpo.kl_penalty=both", "grpo.kl_penalty: Input should be 'loss' or 'reward'"),
 ])
 def test_bad_config_fails_before_any_model_loads(tmp_path, capsys, override, expected):
     cfg = _config(tmp_path, tmp_path / "no-such-model", "by_length")

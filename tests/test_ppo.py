@@ -63,7 +63,15 @@ def test_ppo_config_checks(tmp_path, capsys):
     cfg = _config(tmp_path, tmp_path / "none", "rewards:\n  - kind: task\n")
     with pytest.raises(SystemExit):
         main(["ppo", "--config", str(cfg), "train.batch_size=3", "train.micro_batch_size=1"])
-    assert "ppo.rollout_prompts=8 is not divisible by train.batch_size=3" in capsys.readouterr().err
+    assert ("ppo.rollout_prompts=8 x ppo.samples_per_prompt=1 (sequences per rollout) is not divisible by "
+            "train.batch_size=3") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ppo", "--config", str(cfg), "ppo.advantage=rloo"])
+    assert "ppo.advantage=rloo compares each completion with the other completions of its prompt: set " \
+        "ppo.samples_per_prompt to 2 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ppo", "--config", str(cfg), "ppo.advantage=vtrace"])
+    assert "ppo.advantage" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["ppo", "--config", str(cfg), "rewards=[{kind: model}]"])
     assert "reward kind 'model' needs model" in capsys.readouterr().err

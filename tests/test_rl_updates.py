@@ -136,6 +136,105 @@ def test_ppo_advantages_and_update_direction(tiny_model, tmp_path, capsys):
     assert gain > 0
 
 
+def _normalised(values: list[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return [(v - mean) / math.sqrt(var + 1e-8) for v in values]
+
+
+def test_grpo_rloo_advantages_and_first_update(tiny_model, tmp_path, capsys):
+    """advantage: rloo, β = 0, token-mean: A_i = r_i − mean of the other three rewards of its group (from the
+    logged rewards), and the logged loss is −Σ_i A_i T_i / Σ_i T_i (ρ = 1 on-policy)."""
+    cfg = _grpo_config(tmp_path, tiny_model, grpo="  beta: 0.0\n  aggregation: token-mean\n  advantage: rloo\n")
+    main(["grpo", "--config", str(cfg), "train.max_steps=1"])
+    (logged,) = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    rows = _jsonl(tmp_path / "run" / "rollouts.jsonl")
+    want = []
+    for start in (0, 4):
+        group = [r["reward"] for r in rows[start : start + 4]]
+        want += [x - (sum(group) - x) / 3 for x in group]
+    assert [r["advantage"] for r in rows] == pytest.approx(want, abs=1e-5)
+    assert any(abs(a) > 0.01 for a in want)
+    total = sum(len(r["completion_ids"]) for r in rows)
+    assert logged["loss"] == pytest.approx(-sum(a * len(r["completion_ids"]) for a, r in zip(want, rows)) / total,
+                                           abs=1e-5)
+
+
+def test_grpo_reinforce_pp_normalises_returns_over_the_batch(tiny_model, tmp_path, capsys):
+    """advantage: reinforce++ with β = 0: every token's return is its completion's reward (γ = 1, the reward at the
+    last token), and the advantages are those returns normalised over every response token of the step."""
+    cfg = _grpo_config(tmp_path, tiny_model, grpo="  beta: 0.0\n  advantage: reinforce++\n")
+    main(["grpo", "--config", str(cfg), "train.max_steps=1"])
+    rows = _jsonl(tmp_path / "run" / "rollouts.jsonl")
+    returns = [r["reward"] for r in rows for _ in r["completion_ids"]]
+    logged = [a for r in rows for a in r["advantages"]]
+    assert [len(r["advantages"]) for r in rows] == [len(r["completion_ids"]) for r in rows]
+    assert logged == pytest.approx(_normalised(returns), abs=1e-4)
+
+
+def test_grpo_kl_in_the_reward_is_per_token():
+    """The wiring of `GRPO._advantages` with the KL in the reward, against a direct transcription:
+    reinforce++: r_t = −β(log π_old − log π_ref)_t, plus the score at the last token; A = normalised returns.
+    rloo: the score minus β·Σ_t KL_t, then the leave-one-out baseline."""
+    from types import SimpleNamespace
+
+    from alignkit.algos.grpo import GRPO
+    from alignkit.config import GRPOConfig
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [3, 1, 2, 4]
+    mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
+    old, ref = torch.randn(4, 4, generator=g), torch.randn(4, 4, generator=g)
+    scores = torch.tensor([1.0, 0.0, 0.5, 2.0])
+    algo = GRPO.__new__(GRPO)
+    algo.run = SimpleNamespace(sum_over_processes=lambda v: list(v))
+    beta = 0.3
+    algo.cfg = GRPOConfig(grpo={"group_size": 2, "beta": beta, "advantage": "reinforce++"},
+                          train={"batch_size": 4, "micro_batch_size": 4})
+    adv, kl_sum = algo._advantages(scores, mask, old, ref, True)
+    kl = [[float(old[b, t] - ref[b, t]) for t in range(lengths[b])] for b in range(4)]
+    returns = {}
+    for b in range(4):
+        for t in range(lengths[b]):
+            returns[b, t] = sum(-beta * k for k in kl[b][t:]) + float(scores[b])
+    for (b, t), a in zip(returns, _normalised(list(returns.values()))):
+        assert float(adv[b, t]) == pytest.approx(a, abs=1e-5)
+    assert kl_sum == pytest.approx(sum(map(sum, kl)), abs=1e-5)
+
+    algo.cfg = GRPOConfig(grpo={"group_size": 2, "beta": beta, "advantage": "rloo"},
+                          train={"batch_size": 4, "micro_batch_size": 4})
+    adv, _ = algo._advantages(scores, mask, old, ref, True)
+    total = [float(scores[b]) - beta * sum(kl[b]) for b in range(4)]
+    want = [total[0] - total[1], total[1] - total[0], total[2] - total[3], total[3] - total[2]]
+    assert adv.tolist() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "reinforce++", "reinforce++-baseline"])
+def test_ppo_without_a_critic(tiny_model, tmp_path, advantage, capsys):
+    """ppo.advantage other than gae: 2 samples per prompt, no value model (no value/ directory, no value loss), and
+    with kl_coef 0 and γ = 1 every token's advantage is from the prompt's scores: rloo: score − the other sample's
+    score; reinforce++: the score, normalised over the rollout's tokens; the baseline: score − the pair's mean,
+    then normalised."""
+    cfg = _ppo_config(tmp_path, tiny_model, ppo=f"  advantage: {advantage}\n  samples_per_prompt: 2\n"
+                      "  kl_coef: 0.0\n  missing_eos_penalty: null\n")
+    main(["ppo", "--config", str(cfg), "train.batch_size=8", "train.micro_batch_size=4"])
+    assert "no critic" in capsys.readouterr().out
+    rows = _jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert len(rows) == 8 and [r["item"] for r in rows][::2] == [r["item"] for r in rows][1::2]
+    scores = [r["reward"] for r in rows]
+    if advantage == "rloo":
+        per_row = [s - scores[i ^ 1] for i, s in enumerate(scores)]
+        want = [a for a, r in zip(per_row, rows) for _ in r["completion_ids"]]
+    else:
+        if advantage == "reinforce++-baseline":
+            scores = [s - (scores[i] + scores[i ^ 1]) / 2 for i, s in enumerate(scores)]
+        want = _normalised([s for s, r in zip(scores, rows) for _ in r["completion_ids"]])
+    assert [a for r in rows for a in r["advantages"]] == pytest.approx(want, abs=1e-4)
+    assert not (tmp_path / "run" / "value").exists() and (tmp_path / "run" / "final").is_dir()
+    (logged,) = _jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert "value_loss" not in logged and "policy_loss" in logged
+
+
 @pytest.mark.parametrize("grpo", [
     "",  # defaults: β = 0.04 against a frozen copy, seq-mean-token-mean
     "  beta: 0.0\n  aggregation: token-mean\n  iterations: 2\n",
@@ -183,9 +282,12 @@ def _two_processes(args: list[str], port: int, timeout: int = 300) -> subprocess
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
-def test_grpo_two_processes_match_one(tiny_model, tmp_path):
-    """Each process samples and scores its own prompts; the step's losses and gradients equal one process's."""
-    cfg = _grpo_config(tmp_path, tiny_model)
+@pytest.mark.parametrize("grpo", ["", "  advantage: reinforce++\n"])
+def test_grpo_two_processes_match_one(tiny_model, tmp_path, grpo):
+    """Each process samples and scores its own prompts; the step's losses and gradients equal one process's
+    (REINFORCE++ normalises over the global batch: its moments are summed over processes; its KL is in the
+    reward)."""
+    cfg = _grpo_config(tmp_path, tiny_model, grpo=grpo)
     one, two = tmp_path / "one", tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "alignkit.cli", "grpo", "--config", str(cfg), f"train.output_dir={one}"],

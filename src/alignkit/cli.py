@@ -39,7 +39,9 @@ def _top(version: bool = typer.Option(False, "--version", is_eager=True, callbac
 # YAML config (overrides only) plus dotted `key.sub=value` overrides; `rm` (which also scores) is defined below.
 TRAINING = {
     "dpo": ("alignkit.algos.dpo", "DPOConfig", None, True,
-            "Train with DPO (or IPO, hinge, robust, SimPO) on a preference file."),
+            "Train with DPO or a variant (TRL's loss types and mixes of them, SimPO, ORPO, CPO) on a preference file."),
+    "kto": ("alignkit.algos.kto", "KTOConfig", None, True,
+            "Train with KTO on unpaired rows (prompt, completion, label), or on a preference file, unpaired."),
     "sft": ("alignkit.algos.sft", "SFTConfig", None, True, "Supervised fine-tuning, loss on assistant tokens only."),
     "ppo": ("alignkit.algos.ppo", "PPOConfig", None, True,
             "PPO: a reward model (or task rewards), a value model, GAE, clipped losses, KL penalty to the reference."),
@@ -47,6 +49,8 @@ TRAINING = {
              "GRPO: group-relative advantages from verifiable rewards, clipped policy loss, KL to the reference."),
     "dapo": ("alignkit.algos.grpo", "GRPOConfig", "dapo", False,
              "DAPO: GRPO with clip-higher, dynamic sampling, token-level loss and overlong shaping (preset: dapo)."),
+    "online-dpo": ("alignkit.algos.online_dpo", "OnlineDPOConfig", None, False,
+                   "Online DPO: pairs sampled from the current policy each step, ranked by rewards or a judge."),
 }
 
 
@@ -74,8 +78,9 @@ def _missing_option(ctx, name: str) -> None:
 def _training_command(name: str, module: str, schema: str, preset: str | None, required: bool, help: str) -> None:
     def command(
         ctx: typer.Context,
-        config: Optional[str] = typer.Option(None, "--config", "-c", help=f"YAML config (overrides only; see "
-                                             f"configs/{module.rsplit('.', 1)[1]}){'; required' if required else ''}."),
+        config: Optional[str] = typer.Option(None, "--config", "-c", help=f"YAML config (overrides only; see configs/"
+                                             f"{module.rsplit('.', 1)[1].replace('_', '-')})"
+                                             f"{'; required' if required else ''}."),
         overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
         show_config: bool = typer.Option(False, "--show-config", help=SHOW_CONFIG),
     ):

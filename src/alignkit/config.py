@@ -59,11 +59,51 @@ class DataConfig(Strict):
 
 
 class LossConfig(Strict):
-    type: Literal["sigmoid", "ipo", "hinge", "robust", "simpo"] = "sigmoid"
-    beta: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    simpo_gamma: float = 0.5
+    # A loss of losses/preference.py by its TRL loss_type name, or a list of them, summed per pair with `weights`
+    # (MPO: [sigmoid, bco_pair, sft]). Reference-free: simpo, orpo, cpo, sft; the others need the reference.
+    type: str | list[str] = "sigmoid"
+    weights: list[float] | None = None  # one per loss.type entry, each >= 0; null: 1 each
+    beta: float = Field(0.1, gt=0)  # β; IPO's τ; ORPO's λ
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # ε: cDPO, robust, exo_pair (> 0 there), aot, cpo
+    simpo_gamma: float = 0.5  # γ, the target margin of simpo and of cpo_variant simpo
     rpo_alpha: float = Field(0.0, ge=0)  # weight of the NLL term on chosen (0 = off)
+    # Compare f'(πθ/πref) instead of the log-ratio (Wang et al. 2023; reverse_kl is DPO)
+    f_divergence: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = "reverse_kl"
+    f_alpha: float = Field(0.5, gt=0)  # α of alpha_divergence, f'(u) = (1 − u^−α)/α: → 0 reverse KL, 1 forward KL
+    ipo_length_normalized: bool = False  # ipo on summed log-probs (false) or on per-token log-ratios (true, TRL's)
+    discopop_tau: float = Field(0.05, gt=0)  # τ of discopop's modulation σ(βΔ/τ)
+    bco_running_mean: bool = True  # bco_pair's δ: the running mean of past rewards (the BCO paper), or 0 (TRL 1.x)
+    cpo_variant: Literal["sigmoid", "hinge", "ipo", "simpo"] = "sigmoid"  # cpo's preference term (TRL's CPO loss_type)
+    cpo_alpha: float = Field(1.0, ge=0)  # weight of cpo's NLL term on chosen
+
+    @property
+    def types(self) -> list[str]:
+        return [self.type] if isinstance(self.type, str) else list(self.type)
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v):
+        known = ("sigmoid robust hinge ipo exo_pair nca_pair bco_pair sppo_hard aot aot_unpaired apo_zero apo_down "
+                 "discopop sft sigmoid_norm simpo orpo cpo").split()
+        names = [v] if isinstance(v, str) else v
+        bad = [n for n in names if n not in known]
+        if bad or not names or len(set(names)) < len(names):
+            raise ValueError(f"unknown loss {bad[0]!r} (one of: {', '.join(known)})" if bad else
+                             "name each loss once, at least one")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        n, w = len(self.types), self.weights
+        if w is not None and (len(w) != n or min(w) < 0 or max(w) <= 0):
+            raise ValueError(f"loss.weights: need one weight >= 0 per loss.type entry ({n}), not all 0")
+        if "exo_pair" in self.types and self.label_smoothing == 0:
+            raise ValueError("loss.label_smoothing: exo_pair needs ε > 0 (the EXO paper uses 1e-3)")
+        shaped = {"sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "discopop",
+                  "sigmoid_norm"}
+        if self.f_divergence != "reverse_kl" and not shaped & set(self.types):
+            raise ValueError(f"loss.f_divergence: shapes only {', '.join(sorted(shaped))}")
+        return self
 
 
 class ReferenceConfig(Strict):
@@ -142,6 +182,39 @@ class DPOConfig(Strict):
             raise ValueError("reference.mode 'precomputed' needs reference.logps")
         if self.reference.mode == "adapter" and self.model.lora is None:
             raise ValueError("reference.mode 'adapter' needs model.lora")
+        return self
+
+
+class KTOLossConfig(Strict):
+    type: Literal["kto", "apo_zero_unpaired"] = "kto"  # apo_zero_unpaired: kto with the reference point z0 = 0
+    beta: float = Field(0.1, gt=0)
+    desirable_weight: float = Field(1.0, gt=0)  # λ_D (TRL's desirable_weight)
+    undesirable_weight: float = Field(1.0, gt=0)  # λ_U (TRL's undesirable_weight)
+
+
+class KTOTrainConfig(TrainConfig):
+    output_dir: str = "runs/kto"
+    batch_size: int = Field(8, gt=0)  # completions per optimizer step, across all processes
+    micro_batch_size: int = Field(4, gt=0)  # completions per forward, per process
+
+
+class KTOConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig  # unpaired rows (prompt, completion, label), or a preference file, unpaired
+    loss: KTOLossConfig = KTOLossConfig()
+    reference: ReferenceConfig = ReferenceConfig()  # auto, cached, copy or adapter
+    train: KTOTrainConfig = KTOTrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.data.max_prompt_length >= self.data.max_length:
+            raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+        if self.reference.mode == "precomputed" or self.reference.logps or self.reference.eval_logps:
+            raise ValueError("reference.logps / mode 'precomputed' are dpo's; kto caches its own (mode: cached)")
+        if self.reference.mode == "adapter" and self.model.lora is None:
+            raise ValueError("reference.mode 'adapter' needs model.lora")
+        if self.loss.type == "kto" and self.train.batch_size < 2:
+            raise ValueError("train.batch_size must be at least 2 for loss.type kto (z0 needs mismatched pairs)")
         return self
 
 
@@ -318,152 +391,6 @@ class RMConfig(Strict):
         return self
 
 
-class RewardConfig(Strict):
-    # task: the task's own reward (1.0 when `task.evaluate` accepts the answer, else 0.0; needs gold answers);
-    # function: `path/to/file.py:name`, called as TRL calls one: name(prompts=[...], completions=[...], **fields)
-    # -> one float (or None: not scored) per completion, where fields are the row's other columns (a TRL prompt
-    # file's columns; answer, id, meta; completion_ids), one list entry per completion. A function without
-    # **kwargs gets only the fields it names (see rewards.py).
-    kind: Literal["task", "function", "model"] = "task"
-    function: str | None = None
-    model: str | None = None  # kind model: a reward model trained by `alignkit rm` (same tokenizer as the policy)
-    weight: float = 1.0
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.kind == "model" and not self.model:
-            raise ValueError("reward kind 'model' needs model: a directory written by alignkit rm")
-        if self.kind == "function":
-            if not self.function:
-                raise ValueError("reward kind 'function' needs function: path/to/file.py:name")
-            from alignkit.rewards import load_function
-
-            try:
-                load_function(self.function)  # a missing file or name fails now, before any model loads
-            except AlignkitError as e:
-                raise ValueError(str(e)) from None
-        return self
-
-
-class GRPOLossConfig(Strict):
-    group_size: int = Field(8, ge=2)  # G completions per prompt
-    beta: float = Field(0.04, ge=0)  # k3 KL to the reference; 0 loads no reference
-    eps_low: float = Field(0.2, ge=0, lt=1)
-    eps_high: float | None = Field(None, ge=0)  # default: eps_low; DAPO's clip-higher: 0.28
-    iterations: int = Field(1, ge=1)  # μ: optimizer steps per generation round
-    scale_rewards: bool = True  # divide by the group's std (False: Dr. GRPO)
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
-    dynamic_sampling: bool = False  # drop groups whose rewards are all equal and sample more prompts
-    max_generation_rounds: int = Field(4, ge=1)  # bound on refills per step under dynamic sampling
-    overlong_buffer: int = Field(0, ge=0)  # DAPO's soft overlong penalty inside this many tokens of the limit
-    overlong_penalty: float = Field(1.0, ge=0)
-
-
-class GenerationConfig(EngineConfig):
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(64, gt=0)  # completions per generation batch
-    log_rollouts: bool = False  # append every completion, its reward and advantage to <output_dir>/rollouts.jsonl
-    # Truncated importance sampling: weight each token's policy loss by min(π_trainer / π_sampler, tis_cap)
-    tis_cap: float | None = Field(None, gt=0)
-
-
-class GRPOTrainConfig(TrainConfig):
-    output_dir: str = "runs/grpo"
-    batch_size: int = Field(32, gt=0)  # completions per optimizer step (prompts × group_size), all processes
-    micro_batch_size: int = Field(8, gt=0)  # completions per forward, per process
-    lr: float = Field(1e-6, gt=0)
-
-
-DAPO_PRESET = {"eps_high": 0.28, "dynamic_sampling": True, "aggregation": "token-mean", "beta": 0.0}
-
-
-class GRPOConfig(Strict):
-    preset: Literal["grpo", "dapo"] = "grpo"  # dapo: clip-higher, dynamic sampling, token-level loss, no KL, overlong
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()  # prompts and answers (train split)
-    rewards: list[RewardConfig] = Field(default_factory=lambda: [RewardConfig()])
-    grpo: GRPOLossConfig = GRPOLossConfig()
-    generation: GenerationConfig = GenerationConfig()
-    train: GRPOTrainConfig = GRPOTrainConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset(cls, data):
-        """The dapo preset fills DAPO's settings wherever the config does not set them itself."""
-        if isinstance(data, dict) and data.get("preset") == "dapo":
-            grpo = dict(data.get("grpo") or {})
-            for key, value in DAPO_PRESET.items():
-                grpo.setdefault(key, value)
-            if "overlong_buffer" not in grpo:
-                max_new = (data.get("generation") or {}).get("max_new_tokens", GenerationConfig().max_new_tokens)
-                grpo["overlong_buffer"] = max(1, int(max_new) // 4) if isinstance(max_new, int) else 0
-            data = {**data, "grpo": grpo}
-        return data
-
-    @model_validator(mode="after")
-    def _check(self):
-        g, t = self.grpo, self.train
-        if t.batch_size % g.group_size:
-            raise ValueError(f"train.batch_size={t.batch_size} (completions per step) is not divisible by "
-                             f"grpo.group_size={g.group_size}")
-        if g.eps_high is not None and g.eps_high < g.eps_low:
-            raise ValueError(f"grpo.eps_high={g.eps_high} is smaller than grpo.eps_low={g.eps_low}")
-        if not self.rewards:
-            raise ValueError("rewards: no reward given (a task reward, or a function path/to/file.py:name)")
-        if g.overlong_buffer >= self.generation.max_new_tokens:
-            raise ValueError(f"grpo.overlong_buffer={g.overlong_buffer} must be smaller than "
-                             f"generation.max_new_tokens={self.generation.max_new_tokens}")
-        return self
-
-
-class PPOLossConfig(Strict):
-    rollout_prompts: int = Field(32, gt=0)  # prompts per rollout (one completion each)
-    epochs: int = Field(2, ge=1)  # passes over each rollout, in minibatches of train.batch_size
-    eps: float = Field(0.2, gt=0, lt=1)  # ratio clip
-    value_clip: float | None = Field(0.2, gt=0)  # None: unclipped value loss
-    vf_coef: float = Field(0.1, ge=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.05, ge=0)  # per-token KL penalty folded into the reward
-    adaptive_kl: bool = False
-    kl_target: float = Field(6.0, gt=0)  # adaptive: target KL per sequence (nats)
-    kl_horizon: int = Field(10000, gt=0)
-    whiten_advantages: bool = True
-    missing_eos_penalty: float | None = -1.0  # added to the score of a response without an end-of-turn token
-
-
-class ValueConfig(Strict):
-    init: Literal["reward-model", "policy"] = "reward-model"  # reward-model: when a reward model is given
-    lora: LoraConfig | None = None  # default: the policy's LoRA settings
-
-
-class PPOTrainConfig(TrainConfig):
-    output_dir: str = "runs/ppo"
-    batch_size: int = Field(8, gt=0)  # sequences per optimizer step (a minibatch of the rollout)
-    lr: float = Field(1e-5, gt=0)
-
-
-class PPOConfig(Strict):
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    rewards: list[RewardConfig] = Field(default_factory=lambda: [RewardConfig()])
-    ppo: PPOLossConfig = PPOLossConfig()
-    value: ValueConfig = ValueConfig()
-    generation: GenerationConfig = GenerationConfig()
-    train: PPOTrainConfig = PPOTrainConfig()
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.ppo.rollout_prompts % self.train.batch_size:
-            raise ValueError(f"ppo.rollout_prompts={self.ppo.rollout_prompts} is not divisible by "
-                             f"train.batch_size={self.train.batch_size}")
-        if not self.rewards:
-            raise ValueError("rewards: no reward given (a reward model, a task reward, or a function)")
-        return self
-
-
 def _set_dotted(tree: dict, dotted: str, value, source: str) -> None:
     keys = dotted.split(".")
     node = tree
@@ -562,3 +489,22 @@ def read_tree(path: str | None, overrides: list[str]) -> dict:
             value = raw
         _set_dotted(tree, key.strip(), value, f"override '{item}'")
     return tree
+
+
+# The schemas of the commands that generate while they train, kept in their own file (config_rl.py) and re-exported.
+from alignkit.config_rl import (  # noqa: E402
+    RewardConfig,
+    GRPOLossConfig,
+    GenerationConfig,
+    GRPOTrainConfig,
+    GRPOConfig,
+    OnlineConfig,
+    OnlineJudgeConfig,
+    OnlineDPOTrainConfig,
+    OnlineDPOConfig,
+    PPOLossConfig,
+    ValueConfig,
+    PPOTrainConfig,
+    PPOConfig,
+    DAPO_PRESET,
+)

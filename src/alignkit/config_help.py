@@ -41,7 +41,13 @@ TRL_NAMES: dict[str, tuple[str, ...]] = {
     "eval_steps": ("train.eval_every",),
     "save_total_limit": ("train.keep_last",),
     "loss_type": ("loss.type", "grpo.aggregation"),
+    "loss_weights": ("loss.weights",),
+    "f_divergence_type": ("loss.f_divergence",),
+    "f_alpha_divergence_coef": ("loss.f_alpha",),
+    "rpo_alpha": ("loss.rpo_alpha",),
     "beta": ("loss.beta", "grpo.beta", "ppo.kl_coef"),
+    "desirable_weight": ("loss.desirable_weight",),
+    "undesirable_weight": ("loss.undesirable_weight",),
     "num_generations": ("grpo.group_size",),
     "num_iterations": ("grpo.iterations",),
     "epsilon": ("grpo.eps_low", "ppo.eps"),
@@ -76,6 +82,8 @@ TRL_NOTES = {
     ("report_to", "train.tensorboard"): "true writes TensorBoard logs",
     ("logging_dir", "train.tensorboard"): "true writes TensorBoard logs into train.output_dir",
     ("use_vllm", "generation.backend"): "vllm, with generation.engine_urls or generation.engine_command",
+    ("f_alpha_divergence_coef", "loss.f_alpha"): "α of f'(u) = (1 - u^-α)/α as in Wang et al. 2023 (TRL 1.x computes "
+        "it with 1 - α: the same at the default 0.5)",
 }
 
 

@@ -19,8 +19,8 @@ import yaml
 
 from alignkit import AlignkitError
 
-SCHEMAS = {"dpo": "DPOConfig", "sft": "SFTConfig", "rm": "RMConfig", "ppo": "PPOConfig", "grpo": "GRPOConfig",
-           "dapo": "GRPOConfig"}
+SCHEMAS = {"dpo": "DPOConfig", "kto": "KTOConfig", "sft": "SFTConfig", "rm": "RMConfig", "ppo": "PPOConfig",
+           "grpo": "GRPOConfig", "dapo": "GRPOConfig", "online-dpo": "OnlineDPOConfig"}
 
 
 def read_run_config(run_dir: Path):

@@ -16,31 +16,37 @@ import yaml
 
 log = logging.getLogger(__name__)
 
-METHODS = {"DPOConfig": "dpo", "SFTConfig": "sft", "RMConfig": "rm", "PPOConfig": "ppo", "GRPOConfig": "grpo"}
+METHODS = {"DPOConfig": "dpo", "KTOConfig": "kto", "SFTConfig": "sft", "RMConfig": "rm", "PPOConfig": "ppo",
+           "GRPOConfig": "grpo", "OnlineDPOConfig": "online-dpo"}
 DESCRIPTIONS = {
     "dpo": "direct preference optimization on preference pairs",
+    "kto": "Kahneman-Tversky optimization on completions labelled desirable or undesirable",
     "sft": "supervised fine-tuning on demonstrations",
     "rm": "a Bradley-Terry reward model trained on preference pairs",
     "ppo": "PPO against a reward (reward model or verifiable task rewards)",
     "grpo": "GRPO with verifiable rewards",
     "dapo": "DAPO (GRPO with clip-higher, dynamic sampling, token-level loss, overlong shaping)",
+    "online-dpo": "online DPO on pairs the policy samples as it trains, ranked by rewards or a judge",
 }
 # not metrics of the model: timings and the schedule
 NOT_SHOWN = {"step", "step_seconds", "tokens_per_second", "learning_rate", "skipped"}
 
 
 def method_of(cfg) -> str:
-    """dpo, sft, rm, ppo, grpo or dapo: from a config object's class, or from the shape of a saved config.yaml."""
+    """dpo, kto, sft, rm, ppo, grpo or dapo: from a config object's class, or from the shape of a saved
+    config.yaml."""
     name = METHODS.get(type(cfg).__name__)
     if name is not None:
         return (getattr(cfg, "preset", None) or name) if name == "grpo" else name
     tree = _tree(cfg)
     if "grpo" in tree or "preset" in tree:
         return tree.get("preset") or "grpo"
+    if "online" in tree:
+        return "online-dpo"
     if "ppo" in tree:
         return "ppo"
     if "reference" in tree:
-        return "dpo"
+        return "kto" if "desirable_weight" in (tree.get("loss") or {}) else "dpo"
     if "loss" in tree:
         return "rm" if "margin" in (tree["loss"] or {}) else "dpo"
     if "packing" in (tree.get("data") or {}):
@@ -167,6 +173,12 @@ def _settings(tree: dict, method: str) -> str:
 
     if method == "dpo":
         return f" (loss {get('loss', 'type')}, beta {get('loss', 'beta')})"
+    if method == "kto":
+        return (f" (loss {get('loss', 'type')}, beta {get('loss', 'beta')}, desirable weight "
+                f"{get('loss', 'desirable_weight')}, undesirable weight {get('loss', 'undesirable_weight')})")
+    if method == "online-dpo":
+        return (f" (loss {get('loss', 'type')}, beta {get('loss', 'beta')}, "
+                f"{get('online', 'samples_per_prompt')} samples per prompt)")
     if method in ("grpo", "dapo"):
         return f" (group size {get('grpo', 'group_size')}, beta {get('grpo', 'beta')})"
     if method == "ppo":

@@ -137,3 +137,106 @@ def test_group_advantages_errors():
     assert group_advantages(torch.tensor([2.0, 5.0]), 1, scale=False).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="1-D"):
         group_advantages(torch.zeros(2, 4), 4)
+
+
+# -- RLOO and REINFORCE++ ----------------------------------------------------------------------------------------
+from alignkit.losses.advantages import batch_normalize, discounted_returns, moments, reinforce_pp, rloo  # noqa: E402
+
+
+def test_rloo_hand_values():
+    """One group r = [1, 0, 0, 1]: each baseline is the mean of the other three:
+    A_0 = 1 − (0 + 0 + 1)/3 = 2/3, A_1 = 0 − (1 + 0 + 1)/3 = −2/3, A_2 = −2/3, A_3 = 2/3.
+    A second group [2, 2, 2, 2] gets zeros."""
+    out = rloo(torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 4)
+    assert out.tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0], abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("G", [2, 3, 8])
+def test_rloo_equals_a_loop_over_the_others(seed, G):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(5 * G, generator=g, dtype=torch.float64)
+    want = []
+    for start in range(0, len(rewards), G):
+        group = rewards[start : start + G].tolist()
+        for i, r in enumerate(group):
+            want.append(r - sum(x for j, x in enumerate(group) if j != i) / (G - 1))
+    assert rloo(rewards, G).tolist() == pytest.approx(want, abs=1e-12)
+    # = G/(G−1)·(r − mean_group): the scaled Dr. GRPO advantage
+    assert rloo(rewards, G).tolist() == pytest.approx(
+        (group_advantages(rewards, G, scale=False) * G / (G - 1)).tolist(), abs=1e-12)
+
+
+def test_rloo_rejects_bad_groups():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo(torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="do not split"):
+        rloo(torch.zeros(5), 2)
+
+
+def test_discounted_returns_hand_values():
+    """r = [1, 0, 2] then padding, γ = 0.5: G_2 = 2, G_1 = 0 + 0.5·2 = 1, G_0 = 1 + 0.5·1 = 1.5."""
+    out = discounted_returns(torch.tensor([[1.0, 0.0, 2.0, 9.0]]), _right_padded([3], 4), 0.5)
+    assert out.tolist() == [[1.5, 1.0, 2.0, 0.0]]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("gamma", [1.0, 0.9, 0.0])
+def test_discounted_returns_equal_the_direct_sum(seed, gamma):
+    g = torch.Generator().manual_seed(seed)
+    B, T = 4, 6
+    mask = torch.rand(B, T, generator=g) > 0.3  # interior gaps too: they are skipped, not cut
+    rewards = torch.randn(B, T, generator=g, dtype=torch.float64)
+    rewards[~mask] = float("nan")
+    out = discounted_returns(rewards, mask, gamma)
+    for b in range(B):
+        idx = [t for t in range(T) if mask[b, t]]
+        for k, t in enumerate(idx):
+            want = sum(gamma ** j * rewards[b, idx[k + j]].item() for j in range(len(idx) - k))
+            assert out[b, t].item() == pytest.approx(want, abs=1e-12)
+        assert all(out[b, t].item() == 0.0 for t in range(T) if not mask[b, t])
+    # = GAE with V = 0 and λ = 1
+    assert torch.allclose(out, gae(torch.nan_to_num(rewards), torch.zeros(B, T, dtype=torch.float64), mask,
+                                   gamma, 1.0)[0])
+
+
+def test_reinforce_pp_hand_values():
+    """Two sequences, β = 0 so the token rewards are the score at the last token: scores 1 (3 tokens) and 0
+    (1 token), γ = 1. Returns: [1, 1, 1] and [0]; over the 4 tokens mean 0.75, unbiased var
+    (3·0.0625 + 0.5625)/3 = 0.25, std 0.5: A = [0.5, 0.5, 0.5] and [−1.5]."""
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    mask = _right_padded([3, 1], 3)
+    out = reinforce_pp(rewards, mask, 1.0)
+    assert out.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5, -1.5, 0.0, 0.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reinforce_pp_equals_a_direct_transcription(seed):
+    """A_t = (G_t − mean) / sqrt(var + 1e-8) over every valid token of the batch, G_t the γ-discounted return."""
+    g = torch.Generator().manual_seed(seed)
+    B, T, gamma = 5, 7, 0.95
+    lengths = torch.randint(1, T + 1, (B,), generator=g).tolist()
+    mask = _right_padded(lengths, T)
+    rewards = torch.randn(B, T, generator=g, dtype=torch.float64)
+    returns = {}
+    for b in range(B):
+        for t in range(lengths[b]):
+            returns[b, t] = sum(gamma ** (s - t) * rewards[b, s].item() for s in range(t, lengths[b]))
+    values = list(returns.values())
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    out = reinforce_pp(rewards, mask, gamma)
+    for (b, t), v in returns.items():
+        assert out[b, t].item() == pytest.approx((v - mean) / math.sqrt(var + 1e-8), abs=1e-9)
+
+
+def test_batch_normalize_over_shares_equals_the_whole_batch():
+    """Two processes' shares normalised with their summed moments == the whole batch normalised at once."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    mask = torch.rand(6, 5, generator=g) > 0.4
+    whole = batch_normalize(x, mask)
+    a, b = moments(x[:2], mask[:2]), moments(x[2:], mask[2:])
+    totals = tuple(p + q for p, q in zip(a, b))
+    parts = torch.cat([batch_normalize(x[:2], mask[:2], totals), batch_normalize(x[2:], mask[2:], totals)])
+    assert torch.allclose(parts, whole, atol=1e-12)

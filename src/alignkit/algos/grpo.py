@@ -3,6 +3,10 @@
 Each generation round samples G completions for each of B prompts (one batched KV-cache pass), scores them
 (task reward, user functions, weighted), and turns rewards into advantages within each group:
 A = (r − mean_group) / std_group (Shao et al. 2024, §4.1.2; `scale_rewards: false` drops the std, as Dr. GRPO).
+`grpo.advantage` picks another estimator (`losses/advantages.py`): `rloo`, r minus the mean of the group's other
+completions (Ahmadian et al. 2024); `reinforce++`, returns of the KL-shaped token rewards normalised over the whole
+batch (Hu 2025); `reinforce++-baseline`, the same after r − mean_group. Those three put β's KL in the reward
+(k1 = log π_old − log π_ref) unless `grpo.kl_penalty: loss`.
 The policy then takes `iterations` (μ) optimizer steps on those completions with PPO's clipped surrogate and,
 with β > 0, a k3 KL penalty to the reference (the initial policy):
 
@@ -60,8 +64,8 @@ import torch
 from alignkit import AlignkitError
 from alignkit.config import GRPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
-from alignkit.losses.advantages import group_advantages
-from alignkit.losses.kl import k3
+from alignkit.losses.advantages import batch_normalize, discounted_returns, group_advantages, moments, rloo
+from alignkit.losses.kl import k1, k3, kl_shaped_rewards
 from alignkit.losses.policy import clipped_policy_loss, truncated_is_weights
 from alignkit.losses.reduce import aggregate
 from alignkit.losses.shaping import overlong_penalty
@@ -128,6 +132,7 @@ class GRPO:
         self.rollout: Rollout | None = None  # the current round, reused by its μ optimizer steps
         self.rollout_round = -1
         self.cursor = 0  # prompts drawn so far, all processes (dynamic sampling draws extra ones)
+        self.kl_penalty = g.kl_penalty or ("loss" if g.advantage == "grpo" else "reward")
 
     # -- one generation round: sample, score, filter, advantages --------------------------------------------
     def _draw(self, n: int) -> list[int]:
@@ -146,28 +151,10 @@ class GRPO:
                                          seed=self.cfg.train.seed * 1_000_003 + round_index * 101 + attempt)
 
     def _sync(self) -> dict[str, float]:
-        """Make the sampler serve the policy's current weights before a round (the first round too: a resumed run,
-        or an engine that served something else). One process pushes; the others adopt its report."""
-        report = error = None
-        if self.run.rank == 0:
-            try:
-                report = self.backend.sync(self.policy.model)
-            except AlignkitError as e:
-                error = str(e)
-        if self.run.world > 1:
-            from accelerate.utils import broadcast_object_list
+        """Make the sampler serve the policy's current weights before a round (`train.setup.sync_sampler`)."""
+        from alignkit.train.setup import sync_sampler
 
-            box = [(report, error)]
-            broadcast_object_list(box, from_process=0)
-            report, error = box[0]
-            if error is None and self.run.rank:
-                self.backend.adopt(report)
-        if error is not None:
-            raise AlignkitError(error)
-        out = {"weight_version": float(report.version), "sync_seconds": report.seconds}
-        if report.probe_max_abs_diff is not None:
-            out["sync_probe_max_diff"] = report.probe_max_abs_diff
-        return out
+        return sync_sampler(self.backend, self.policy.model, self.run)
 
     def _score(self, chosen: list[int], samples) -> tuple[list[float], dict[str, float]]:
         """One reward per completion (rewards, weighted, plus overlong shaping), and each reward's sum."""
@@ -244,24 +231,50 @@ class GRPO:
         rows = [(list(self.prompt_ids[i]), s.token_ids) for i, group, _ in kept for s in group]
         if rows:
             input_ids, mask = pad_rows(rows, self.pad_id)
-            advantages = group_advantages(torch.tensor([r for *_, rs in kept for r in rs]), g.group_size,
-                                          scale=g.scale_rewards)  # (N,)
         else:
-            input_ids, mask, advantages = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool), \
-                torch.zeros(0)
+            input_ids, mask = torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.bool)
         sampler = torch.zeros(mask.shape)  # (N, T): the sampler's log-prob of each response token
         sampler[mask] = torch.tensor([lp for *_, group, _ in kept for s in group for lp in s.logps])
-        useful = [i for i in range(len(rows)) if g.beta > 0 or float(advantages[i]) != 0.0]
-        names = sorted(sums)
-        values = run.sum_over_processes([sums[k] for k in names] + [len(rows), float(mask.sum()), len(useful)])
-        step_rows, step_tokens, trained_rows = (int(v) for v in values[len(names):])
-        stats = {**self._stats(dict(zip(names, values)), dropped, attempts), **synced}
-        old = self.old_policy.per_token(input_ids, mask) if g.iterations > 1 and rows else None
+        kl_in_reward = self.kl_penalty == "reward" and g.beta > 0
         ref = self.reference.per_token(input_ids, mask) if self.reference is not None and rows else None
+        old = self.old_policy.per_token(input_ids, mask) if (g.iterations > 1 or kl_in_reward) and rows else None
+        scores = torch.tensor([r for *_, rs in kept for r in rs], dtype=torch.float32)  # (N,)
+        advantages, kl_sum = self._advantages(scores, mask, old, ref, kl_in_reward)
+        useful = [i for i in range(len(rows)) if (g.beta > 0 and not kl_in_reward) or bool(advantages[i].any())]
+        names = sorted(sums)
+        values = run.sum_over_processes([sums[k] for k in names] + [len(rows), float(mask.sum()), len(useful), kl_sum])
+        step_rows, step_tokens, trained_rows = (int(v) for v in values[len(names):-1])
+        stats = {**self._stats(dict(zip(names, values)), dropped, attempts), **synced}
+        if kl_in_reward:  # the KL to the reference, per sequence, of the round's trained completions
+            stats["kl"] = values[-1] / max(step_rows, 1)
+            ref = None  # in the reward: the loss has no KL term
+        if g.iterations == 1:
+            old = None  # on-policy: the loss uses the current log-probs, detached
         if self.cfg.generation.log_rollouts:
-            self._log(round_index, kept, advantages)
+            self._log(round_index, kept, advantages, mask)
         return Rollout(input_ids, mask, advantages, old, ref, sampler, useful, step_rows, step_tokens, trained_rows,
                        stats)
+
+    def _advantages(self, scores: torch.Tensor, mask: torch.Tensor, old, ref, kl_in_reward: bool):
+        """Advantages of the round's completions by `grpo.advantage`: (N,) for grpo and rloo, (N, T) per token for
+        the reinforce++ estimators; and the round's summed per-sequence KL to the reference when it is in the
+        reward (0.0 otherwise). scores: (N,), G consecutive completions per prompt."""
+        g, G = self.cfg.grpo, self.cfg.grpo.group_size
+        if not len(scores):
+            return torch.zeros(0), 0.0
+        kl = torch.where(mask, k1(old, ref), 0.0) if kl_in_reward else torch.zeros(mask.shape)  # (N, T)
+        if g.advantage in ("grpo", "rloo"):
+            total = scores - g.beta * kl.sum(1) if kl_in_reward else scores  # the KL as a sequence-level reward
+            fn = (lambda r: group_advantages(r, G, scale=g.scale_rewards)) if g.advantage == "grpo" \
+                else (lambda r: rloo(r, G))
+            return fn(total), float(kl.sum())
+        if g.advantage == "reinforce++-baseline":
+            scores = group_advantages(scores, G, scale=False)  # r − mean_group, then as REINFORCE++
+        zero = torch.zeros(mask.shape)
+        token_rewards = kl_shaped_rewards(scores, kl, zero, mask, g.beta if kl_in_reward else 0.0)  # (N, T)
+        returns = discounted_returns(token_rewards, mask, 1.0)
+        totals = self.run.sum_over_processes(list(moments(returns, mask)))  # normalised over the global batch
+        return batch_normalize(returns, mask, tuple(totals)), float(kl.sum())
 
     @staticmethod
     def _stats(totals: dict[str, float], dropped: int, attempts: int) -> dict[str, float]:
@@ -272,13 +285,16 @@ class GRPO:
                 "groups_dropped": float(dropped), "generation_rounds": float(attempts),
                 **{k: v / n for k, v in totals.items() if k.startswith("rewards/")}}
 
-    def _log(self, round_index: int, kept, advantages: torch.Tensor) -> None:
+    def _log(self, round_index: int, kept, advantages: torch.Tensor, mask: torch.Tensor) -> None:
         """rollouts.jsonl: every kept completion of the round with its reward and advantage (one write)."""
         rows = [{"step": round_index * self.cfg.grpo.iterations + 1, "rank": self.run.rank, "item": i,
                  "prompt_ids": list(self.prompt_ids[i]), "completion_ids": s.token_ids, "completion": s.text,
                  "reward": r} for i, group, rewards in kept for s, r in zip(group, rewards)]
-        for row, a in zip(rows, advantages.tolist()):
-            row["advantage"] = a
+        for j, row in enumerate(rows):
+            if advantages.dim() == 1:
+                row["advantage"] = float(advantages[j])
+            else:  # per token (reinforce++): one value per completion token
+                row["advantages"] = advantages[j][mask[j]].tolist()
         with open(Path(self.cfg.train.output_dir) / "rollouts.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -323,7 +339,7 @@ class GRPO:
         n = torch.tensor(float(len(ids)) * b.weight)
         metrics = {"count": n, "tokens": mask.sum().float() * b.weight,
                    "loss": loss.detach() * b.trained_rows / self.run.world, **{k: v * n for k, v in stats.items()}}
-        if g.beta > 0:  # every process reports the same names, a stand-in row (no reference pass) included
+        if g.beta > 0 and self.kl_penalty == "loss":  # every process reports the same names, a stand-in row included
             metrics["kl"] = (kl.sum(1) / mask.sum(1).clamp(min=1)).sum().detach() if kl is not None \
                 else torch.zeros(())
         metrics["sampler/logp_diff_mean"] = (mismatch.abs().sum(1) / mask.sum(1).clamp(min=1)).sum() * b.weight

@@ -13,6 +13,12 @@ advantages (whitened) and returns. Then `ppo.epochs` passes over the rollout in 
 both as token means over the minibatch. V_t is read from the hidden state before token t, like the logits
 that predict it.
 
+Without a critic (`ppo.advantage`, `losses/advantages.py`), each prompt gets `ppo.samples_per_prompt` completions
+and the advantages come from the same per-token rewards: `reinforce++` takes their returns normalised over every
+token of the rollout (Hu 2025); `reinforce++-baseline` first subtracts the mean score of the prompt's samples;
+`rloo` subtracts the mean score of the prompt's other samples (Ahmadian et al. 2024) and is not normalised
+further, as in OpenRLHF. No value model is loaded, and the loss is the clipped policy loss alone.
+
 Rollouts come from the rollout backend (`generation.backend`: the local sampler, or vLLM engines), given the
 policy's weights before each rollout; the sampler–trainer mismatch |log π_old − log π_sampler| is logged per
 rollout, and `generation.tis_cap` weights the policy loss by min(π_old / π_sampler, C) (truncated importance
@@ -40,7 +46,7 @@ from torch import nn
 
 from alignkit.config import PPOConfig
 from alignkit.data.collate import pad_rows, stream_indices
-from alignkit.losses.advantages import gae
+from alignkit.losses.advantages import batch_normalize, discounted_returns, gae, group_advantages, rloo
 from alignkit.losses.kl import AdaptiveKLController, FixedKLController, k1, kl_shaped_rewards
 from alignkit.losses.policy import clipped_policy_loss, truncated_is_weights
 from alignkit.losses.reduce import masked_mean, whiten
@@ -96,7 +102,7 @@ class PPO:
         self.ac, self.tokenizer, self.reference, self.run = actor_critic, tokenizer, reference, run
         self.backend = backend  # a generation.rollout backend
         p, t = cfg.ppo, cfg.train
-        self.minibatches = p.rollout_prompts // t.batch_size
+        self.minibatches = p.rollout_prompts * p.samples_per_prompt // t.batch_size
         self.steps_per_rollout = p.epochs * self.minibatches
         rollouts = math.ceil(t.epochs * len(items) / p.rollout_prompts)
         self.total_steps = t.max_steps or rollouts * self.steps_per_rollout
@@ -124,7 +130,8 @@ class PPO:
         try:
             report = self.backend.sync(self.ac.policy.model)
             with self.run.autocast():
-                samples = self.backend.generate([self.prompt_ids[i] for i in chosen], n=1, temperature=gen.temperature,
+                samples = self.backend.generate([self.prompt_ids[i] for i in chosen], n=self.cfg.ppo.samples_per_prompt,
+                                                temperature=gen.temperature,
                                                 top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, prompt_keys=chosen,
                                                 seed=self.cfg.train.seed * 1_000_003 + rollout_index)
         except AlignkitError as e:
@@ -133,7 +140,7 @@ class PPO:
         synced = {"weight_version": float(report.version), "sync_seconds": report.seconds}
         if report.probe_max_abs_diff is not None:
             synced["sync_probe_max_diff"] = report.probe_max_abs_diff
-        return [g[0] for g in samples], synced
+        return [s for group in samples for s in group], synced  # a prompt's samples are consecutive
 
     @torch.no_grad()
     def _collect(self, rollout_index: int) -> Rollout:
@@ -143,6 +150,7 @@ class PPO:
         was = self.ac.training
         self.ac.eval()
         samples, synced = self._sample(rollout_index, chosen)
+        chosen = [i for i in chosen for _ in range(p.samples_per_prompt)]  # one entry per completion
         sequences = [(self.prompt_ids[i], s.token_ids) for i, s in zip(chosen, samples)]
         scores, parts = self.rewards([self.items[i] for i in chosen], [s.text for s in samples], sequences,
                                      self.pad_id)
@@ -153,15 +161,13 @@ class PPO:
         input_ids, mask = pad_rows(sequences, self.pad_id)
         logps = self._per_rows(lambda i, m: self.ac.policy(i, m, per_token=True), input_ids, mask)
         ref = self.reference.per_token(input_ids, mask).cpu()
-        values = self._per_rows(self.ac.values, input_ids) * mask
+        values = self._per_rows(self.ac.values, input_ids) * mask if self.ac.critic is not None \
+            else torch.zeros(mask.shape)
         self.ac.train(was)
         sampler = torch.zeros(mask.shape)  # (N, T)
         sampler[mask] = torch.tensor([lp for s in samples for lp in s.logps])
         mismatch = ((logps - sampler) * mask).abs()  # |log π_old − log π_sampler| per response token
-        rewards = kl_shaped_rewards(scores, logps, ref, mask, self.kl_ctl.value)  # (N, T)
-        advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
-        if p.whiten_advantages:
-            advantages = whiten(advantages, mask)
+        advantages, returns = self._advantages(scores, logps, ref, values, mask)
         kl_per_seq = (k1(logps, ref) * mask).sum(1)  # (N,)
         lengths = mask.sum(1).float()
         var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
@@ -170,19 +176,38 @@ class PPO:
                  "kl": float(kl_per_seq.mean()), "kl_coef": self.kl_ctl.value,
                  "response_length": float(lengths.mean()), "unfinished_fraction": float((~finished).float().mean()),
                  "entropy": float(-(logps * mask).sum() / mask.sum()),
-                 "explained_variance": float(explained) if float(var_returns) > 0 else 0.0,
                  "sampler/logp_diff_mean": float(mismatch.sum() / mask.sum()),
                  "sampler/logp_diff_max": float(mismatch.max()), **synced, **parts}
+        if self.ac.critic is not None:
+            stats["explained_variance"] = float(explained) if float(var_returns) > 0 else 0.0
         self.kl_ctl.update(stats["kl"], len(chosen))
         if self.cfg.generation.log_rollouts:
             self._log(rollout_index, chosen, samples, scores, advantages, values, mask)
         return Rollout(input_ids, mask, logps, values, advantages, returns, sampler, stats)
 
+    def _advantages(self, scores, logps, ref, values, mask):
+        """(advantages, returns), each (N, T), by `ppo.advantage`. Every estimator starts from the same per-token
+        rewards: −β·(log π − log π_ref) at each token plus the score at the last (for rloo and the baseline, the
+        score minus its prompt's baseline, as OpenRLHF does)."""
+        p = self.cfg.ppo
+        if p.advantage == "rloo":
+            scores = rloo(scores, p.samples_per_prompt)
+        elif p.advantage == "reinforce++-baseline":
+            scores = group_advantages(scores, p.samples_per_prompt, scale=False)
+        rewards = kl_shaped_rewards(scores, logps, ref, mask, self.kl_ctl.value)  # (N, T)
+        if p.advantage == "gae":
+            advantages, returns = gae(rewards, values, mask, p.gamma, p.lam)
+            return (whiten(advantages, mask) if p.whiten_advantages else advantages), returns
+        returns = discounted_returns(rewards, mask, p.gamma)
+        if p.advantage == "rloo":  # its baseline is its normalisation
+            return returns, returns
+        return batch_normalize(returns, mask), returns  # REINFORCE++: over every token of the rollout
+
     def _log(self, rollout_index: int, chosen, samples, scores, advantages, values, mask) -> None:
         """rollouts.jsonl: each completion with its score, per-token values and advantages (one write per rollout)."""
         rows = [{"step": rollout_index * self.steps_per_rollout + 1, "item": i, "prompt_ids": list(self.prompt_ids[i]),
                  "completion_ids": s.token_ids, "completion": s.text, "reward": float(score),
-                 "values": v[m].tolist(), "advantages": a[m].tolist()}
+                 "advantages": a[m].tolist(), **({"values": v[m].tolist()} if self.ac.critic is not None else {})}
                 for i, s, score, a, v, m in zip(chosen, samples, scores, advantages, values, mask)]
         with open(Path(self.cfg.train.output_dir) / "rollouts.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -208,21 +233,25 @@ class PPO:
         p, device = self.cfg.ppo, self.run.device
         ids, mask = b.input_ids.to(device), b.mask.to(device)
         logps = model.policy(ids, mask, per_token=True)
-        values = model.values(ids)
         pg, pg_stats = clipped_policy_loss(logps, b.old_logps.to(device), b.advantages.to(device), mask, p.eps)
         if self.cfg.generation.tis_cap is not None:  # truncated importance sampling (losses/policy.py)
             pg = pg * truncated_is_weights(torch.where(mask, (b.old_logps - b.sampler_logps).to(device), 0.0),
                                            self.cfg.generation.tis_cap)
-        vf, vf_stats = clipped_value_loss(values, b.old_values.to(device), b.returns.to(device), mask, p.value_clip)
-        per_token = pg + p.vf_coef * vf
+        per_token = pg
+        if model.critic is not None:
+            values = model.values(ids)
+            vf, vf_stats = clipped_value_loss(values, b.old_values.to(device), b.returns.to(device), mask,
+                                              p.value_clip)
+            per_token = pg + p.vf_coef * vf
         loss = (per_token * mask).sum() / b.step_tokens  # token mean over the minibatch
         n = torch.tensor(float(len(ids)))
         whole = b.step_rows  # the loop divides by the step's row count: these are parts of the step's sum
         metrics = {"count": n, "tokens": mask.sum().float(), "loss": loss.detach() * whole,
                    "policy_loss": ((pg * mask).sum() / b.step_tokens).detach() * whole,
-                   "value_loss": ((vf * mask).sum() / b.step_tokens).detach() * whole,
-                   "clip_fraction": pg_stats["clip_fraction"] * n, "approx_kl": pg_stats["approx_kl"] * n,
-                   "value_clip_fraction": vf_stats["clip_fraction"] * n}
+                   "clip_fraction": pg_stats["clip_fraction"] * n, "approx_kl": pg_stats["approx_kl"] * n}
+        if model.critic is not None:
+            metrics["value_loss"] = ((vf * mask).sum() / b.step_tokens).detach() * whole
+            metrics["value_clip_fraction"] = vf_stats["clip_fraction"] * n
         for key, v in b.stats.items():
             metrics[key] = torch.tensor(v) * n
         return loss, metrics
@@ -243,34 +272,42 @@ def run(cfg: PPOConfig) -> Path:
     items, prompt_ids, rewards, tokenizer = load_task(cfg, run)
 
     reward_models = [r.model for r in cfg.rewards if r.kind == "model"]
-    from_reward_model = cfg.value.init == "reward-model" and bool(reward_models)
+    with_critic = cfg.ppo.advantage == "gae"
+    from_reward_model = with_critic and cfg.value.init == "reward-model" and bool(reward_models)
     mode = "adapter" if cfg.model.lora is not None else "copy"
     snapshot, initial = ref.Snapshot(mode), {}
 
     def keep(model):  # before LoRA: the reference's frozen copy, and the critic's start when not a reward model
         snapshot(model)
-        if not from_reward_model:
+        if with_critic and not from_reward_model:
             initial["critic"] = copy.deepcopy(model)
 
     policy = load_policy(cfg, run, before_adapter=keep)
     reference = ref.model_reference(mode, snapshot, policy, run, t.micro_batch_size)
-    if from_reward_model:
+    if not with_critic:
+        critic, critic_from = None, None
+    elif from_reward_model:
         critic, critic_from = load_scalar_model(reward_models[0], cfg.model.dtype), reward_models[0]
     else:
         critic, critic_from = ScalarHead(initial["critic"]), "the policy's weights"
-    disable_dropout(critic.model)
-    critic_lora = cfg.value.lora or cfg.model.lora
-    if critic_lora is not None:
-        critic.model = add_lora(critic.model, critic_lora)
+    if critic is not None:
+        disable_dropout(critic.model)
+        critic_lora = cfg.value.lora or cfg.model.lora
+        if critic_lora is not None:
+            critic.model = add_lora(critic.model, critic_lora)
     ac = ActorCritic(policy.module, critic).to(run.device)
     backend = open_sampler(cfg, run, tokenizer, policy)
     try:
         algo = PPO(cfg, items, prompt_ids, rewards, ac, tokenizer, reference, run, backend)
         print(f"ppo: {algo.total_steps} steps ({algo.steps_per_rollout} per rollout of {cfg.ppo.rollout_prompts} "
-              f"prompts); critic from {critic_from}; sampler: {backend.name}")
+              f"prompts x {cfg.ppo.samples_per_prompt}); "
+              + (f"critic from {critic_from}" if critic is not None else f"advantages: {cfg.ppo.advantage}, no critic")
+              + f"; sampler: {backend.name}")
         trained, history = train(algo, ac, run)
     finally:
         backend.close()
-    save_scalar_model(trained.critic, tokenizer, run.run_dir / "value", True, "value")
-    finish(trained.policy.model, history, tokenizer, cfg, run.run_dir, run.accelerator, ("score", "kl", "value_loss"))
+    if trained.critic is not None:
+        save_scalar_model(trained.critic, tokenizer, run.run_dir / "value", True, "value")
+    finish(trained.policy.model, history, tokenizer, cfg, run.run_dir, run.accelerator,
+           ("score", "kl", "value_loss") if trained.critic is not None else ("score", "kl", "policy_loss"))
     return run.run_dir

@@ -125,23 +125,33 @@ class Tokenize:
         last_eot = max((i for i, t in enumerate(ids) if t in self.eot), default=None)
         return ids if last_eot is None else ids[: last_eot + 1]
 
-    def __call__(self, row: PreferenceRow, source: str) -> TokenizedPair:
-        where = f"{source}: row {row.row}"
-        for field in ("prompt", "chosen", "rejected"):
-            self.control.check(getattr(row, field), where, field)
-        if row.conversational:
+    def responses(self, prompt, responses: dict, where: str) -> tuple[list[int], dict[str, list[int]]]:
+        """Prompt token ids and the token ids of each named response after it, under the contract: a message-list
+        prompt with message-list responses, or a string prompt with string responses. Control text in any of them
+        is refused, naming `where` and the field (a preference row's chosen and rejected, an unpaired row's
+        completion)."""
+        self.control.check(prompt, where, "prompt")
+        for field, value in responses.items():
+            self.control.check(value, where, field)
+        if isinstance(prompt, list):
             if self.tokenizer.chat_template is None:
                 raise AlignkitError(f"{where}: field 'prompt': conversational row but the tokenizer has no chat template")
-            prompt_text = _render(self.tokenizer, row.prompt, add_generation_prompt=True)
-            prompt_ids = _encode(self.tokenizer, prompt_text)  # = chat_prompt_ids(tokenizer, row.prompt)
-            chosen = self._conversation_response(prompt_text, row.prompt, row.chosen, where, "chosen")
-            rejected = self._conversation_response(prompt_text, row.prompt, row.rejected, where, "rejected")
+            prompt_text = _render(self.tokenizer, prompt, add_generation_prompt=True)
+            prompt_ids = _encode(self.tokenizer, prompt_text)  # = chat_prompt_ids(tokenizer, prompt)
+            out = {field: self._conversation_response(prompt_text, prompt, value, where, field)
+                   for field, value in responses.items()}
         else:
-            prompt_ids = _encode(self.tokenizer, row.prompt)
-            chosen = _encode(self.tokenizer, row.chosen) + [self.tokenizer.eos_token_id]
-            rejected = _encode(self.tokenizer, row.rejected) + [self.tokenizer.eos_token_id]
+            prompt_ids = _encode(self.tokenizer, prompt)
+            out = {field: _encode(self.tokenizer, value) + [self.tokenizer.eos_token_id]
+                   for field, value in responses.items()}
         if not prompt_ids:
             raise AlignkitError(f"{where}: field 'prompt': empty prompt")
+        return prompt_ids, out
+
+    def __call__(self, row: PreferenceRow, source: str) -> TokenizedPair:
+        where = f"{source}: row {row.row}"
+        prompt_ids, out = self.responses(row.prompt, {"chosen": row.chosen, "rejected": row.rejected}, where)
+        chosen, rejected = out["chosen"], out["rejected"]
         if chosen == rejected:
             raise AlignkitError(f"{where}: field 'rejected': tokenizes identically to 'chosen'")
         return TokenizedPair(row.row, tuple(prompt_ids), tuple(chosen), tuple(rejected))

@@ -1,4 +1,5 @@
-"""Load, validate and tokenize a preference file; pad pairs into one concatenated batch."""
+"""Load, validate and tokenize a preference file; pad pairs into one concatenated batch. The same for unpaired
+rows (KTO): load, unpair a preference file, pad single completions."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from alignkit import AlignkitError
 from alignkit.data.chat import TokenizedPair, Tokenize
 from alignkit.data.formats import read_rows
-from alignkit.data.records import parse_row
+from alignkit.data.records import parse_row, parse_unpaired_row
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,89 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     random.Random(seed).shuffle(order)
     held = set(order[: max(1, int(round(len(rows) * fraction)))])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+# --- unpaired rows (KTO) ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Completion:
+    """One tokenized (prompt, completion) with its label: True desirable, False undesirable."""
+
+    row: int  # the source file's row (a preference row gives two completions with the same row)
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+    label: bool
+
+    @property
+    def key(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return self.prompt_ids, self.completion_ids
+
+
+def load_completions(path: str, tokenizer, max_length: int, max_prompt_length: int, strict: bool = False,
+                     split: str = "train") -> list[Completion]:
+    """Unpaired rows {"prompt", "completion", "label"}; a preference row ({"prompt", "chosen", "rejected"}, or
+    chosen/rejected alone) is unpaired as TRL's `unpair_preference_dataset` does: chosen a desirable completion,
+    rejected an undesirable one. The token boundaries are the preference rows' (`chat.Tokenize.responses`).
+    Completions too long to fit are dropped and counted (or fail, with `strict`)."""
+    tokenize = Tokenize(tokenizer)
+    items, dropped = [], 0
+    for number, record in read_rows(path, split):
+        if "completion" in record or "label" in record or not ("chosen" in record or "rejected" in record):
+            row = parse_unpaired_row(record, path, number)
+            prompt_ids, out = tokenize.responses(row.prompt, {"completion": row.completion}, f"{path}: row {number}")
+            found = [(prompt_ids, out["completion"], row.label)]
+        else:
+            pair = tokenize(parse_row(record, path, number), path)
+            found = [(pair.prompt_ids, pair.chosen_ids, True), (pair.prompt_ids, pair.rejected_ids, False)]
+        for prompt_ids, completion_ids, label in found:
+            if len(prompt_ids) > max_prompt_length or len(prompt_ids) + len(completion_ids) > max_length:
+                if strict:
+                    raise AlignkitError(
+                        f"{path}: row {number}: field 'completion': {len(prompt_ids)} prompt tokens and "
+                        f"{len(prompt_ids) + len(completion_ids)} in all exceed max_prompt_length={max_prompt_length} "
+                        f"or max_length={max_length}")
+                dropped += 1
+                continue
+            items.append(Completion(number, tuple(prompt_ids), tuple(completion_ids), label))
+    if dropped:
+        log.warning("%s: dropped %d of %d completions longer than max_length=%d / max_prompt_length=%d",
+                    path, dropped, dropped + len(items), max_length, max_prompt_length)
+    if not items:
+        raise AlignkitError(f"{path}: no usable rows")
+    return items
+
+
+def mismatched(items: list[Completion]) -> list[Completion]:
+    """The mismatched pairs (x, y') of KTO's KL estimate, as TRL builds its KL dataset (completions shifted by one
+    in the batch): each prompt with the completion of the item before it (the first with the last's), or, when
+    that item has the same prompt (the two halves of an unpaired preference row), of the nearest one before it
+    with another prompt."""
+    out = []
+    for i, item in enumerate(items):
+        j = next((j for j in range(i - 1, i - len(items), -1) if items[j].prompt_ids != item.prompt_ids), i - 1)
+        out.append(replace(item, completion_ids=items[j].completion_ids))
+    return out
+
+
+@dataclass
+class CompletionBatch:
+    keys: list[tuple[tuple[int, ...], tuple[int, ...]]]  # each row's (prompt ids, completion ids)
+    input_ids: torch.Tensor  # (N, T) right-padded
+    response_mask: torch.Tensor  # (N, T) bool: True at completion tokens
+    desirable: torch.Tensor  # (N,) bool
+    tokens: int  # real (non-pad) tokens in input_ids
+
+    def to(self, device) -> "CompletionBatch":
+        return CompletionBatch(self.keys, self.input_ids.to(device), self.response_mask.to(device),
+                               self.desirable.to(device), self.tokens)
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+
+def collate_completions(items: list[Completion], pad_id: int) -> CompletionBatch:
+    """N completions -> one right-padded (N, T) batch."""
+    input_ids, mask = pad_rows([(c.prompt_ids, c.completion_ids) for c in items], pad_id)
+    return CompletionBatch([c.key for c in items], input_ids, mask, torch.tensor([c.label for c in items]),
+                           sum(len(c.prompt_ids) + len(c.completion_ids) for c in items))

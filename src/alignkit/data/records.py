@@ -3,6 +3,7 @@
 Standard rows hold strings; conversational rows hold message lists. `chosen`/`rejected` in a
 conversational row are an assistant message, a list of messages, or a plain string (an assistant reply).
 Without `prompt`, chosen and rejected are full conversations and the prompt is their shared prefix.
+Unpaired rows (KTO) hold one `completion` and a boolean `label` instead of chosen and rejected.
 """
 
 from __future__ import annotations
@@ -92,3 +93,37 @@ def parse_row(record: dict, source: str, number: int) -> PreferenceRow:
     if chosen == rejected:
         raise AlignkitError(f"{where}: field 'rejected': identical to 'chosen'")
     return PreferenceRow(number, prompt, chosen, rejected)
+
+
+@dataclass(frozen=True)
+class UnpairedRow:
+    """One completion with a binary label (KTO's rows; TRL's unpaired preference format)."""
+
+    row: int  # 1-based row number in the source file
+    prompt: str | list[dict]
+    completion: str | list[dict]
+    label: bool  # True: desirable; False: undesirable
+
+
+def parse_unpaired_row(record: dict, source: str, number: int) -> UnpairedRow:
+    """{"prompt", "completion", "label"}: strings (standard), or a message-list prompt with an assistant message,
+    a list of messages or a plain string as the completion (conversational). `label` is a JSON boolean."""
+    where = f"{source}: row {number}"
+    for field in ("prompt", "completion", "label"):
+        if field not in record or record[field] is None:
+            raise AlignkitError(f"{where}: field '{field}': missing")
+    prompt, completion, label = record["prompt"], record["completion"], record["label"]
+    if not isinstance(label, bool):
+        raise AlignkitError(f"{where}: field 'label': expected true or false, got {label!r}")
+    if isinstance(prompt, str):
+        if not isinstance(completion, str):
+            raise AlignkitError(f"{where}: field 'completion': expected a string, as 'prompt' is a string")
+    else:
+        prompt = _messages(prompt, where, "prompt")
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        completion = _messages(completion, where, "completion")
+    text = completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+    if not text.strip():
+        raise AlignkitError(f"{where}: field 'completion': empty response")
+    return UnpairedRow(number, prompt, completion, label)

@@ -1,16 +1,17 @@
-"""The reference policy: one module for every method that needs one (DPO, GRPO, PPO, `pairs build`, `logps`).
+"""The reference policy: one module for every method that needs one (DPO, KTO, GRPO, PPO, `pairs build`, `logps`).
 
 Modes:
 - `copy`: a frozen copy of the initial policy (TRL's default for full fine-tuning);
 - `adapter`: the LoRA policy with its adapter disabled (no second copy in memory);
 - `cached`: the initial policy's log-probs, computed once before training and kept on disk, keyed by the
-  initial weights, the precision and the exact token ids (DPO: nothing of the reference stays in memory);
+  initial weights, the precision and the exact token ids (DPO, KTO: nothing of the reference stays in memory);
 - `precomputed`: read from an `alignkit logps` file (DPO);
 - `none`: the method needs no reference (SimPO; GRPO with β = 0).
 
 A reference answers `pairs(batch) -> (chosen, rejected)` summed log-probs (B,) each, for preference batches,
-or `per_token(input_ids, mask) -> (N, T)` for RL rollouts. The one log-prob loop over a list of rows,
-`sequence_logps`, serves the cache, `alignkit logps` and the pair builder's student records.
+`sequences(batch) -> (N,)` for single completions (KTO), or `per_token(input_ids, mask) -> (N, T)` for RL
+rollouts. The one log-prob loop over a list of rows, `sequence_logps`, serves the cache, `alignkit logps` and the
+pair builder's student records.
 """
 
 from __future__ import annotations
@@ -110,9 +111,14 @@ class ModelReference:
 
     @torch.no_grad()
     def pairs(self, batch: PairBatch):
-        with self.context(), self.autocast():
-            logps = self.seq_logps(batch.input_ids, batch.response_mask).float()
+        logps = self.sequences(batch)
         return logps[: batch.size], logps[batch.size :]
+
+    @torch.no_grad()
+    def sequences(self, batch) -> torch.Tensor:
+        """Summed response log-probs (N,) of a batch's rows (`input_ids`, `response_mask`: (N, T))."""
+        with self.context(), self.autocast():
+            return self.seq_logps(batch.input_ids, batch.response_mask).float()
 
 
 class TableReference:
@@ -124,6 +130,17 @@ class TableReference:
     def pairs(self, batch: PairBatch):
         values = torch.tensor([self.table[r] for r in batch.rows], dtype=torch.float32, device=batch.input_ids.device)
         return values[:, 0], values[:, 1]
+
+
+class SequenceTable:
+    """Reference log-probs of single sequences (KTO's completions and mismatched pairs), looked up by each row's
+    exact (prompt ids, response ids): `sequences(batch) -> (N,)`."""
+
+    def __init__(self, table: dict[tuple, float]):
+        self.table = table
+
+    def sequences(self, batch) -> torch.Tensor:
+        return torch.tensor([self.table[k] for k in batch.keys], dtype=torch.float32, device=batch.input_ids.device)
 
 
 class NoReference:
@@ -211,6 +228,53 @@ def cached_tables(cfg, fingerprint: str, policy, needed: dict[str, list[Tokenize
     if missing:  # the main process appended them
         known = _read_cache(path)
     return {split: TableReference({p.row: known[pair_key(p)] for p in pairs}) for split, pairs in needed.items()}
+
+
+def sequence_key(prompt_ids, response_ids) -> str:
+    return hashlib.sha256(repr(("seq", tuple(prompt_ids), tuple(response_ids))).encode()).hexdigest()[:24]
+
+
+def cached_sequences(cfg, fingerprint: str, policy, needed: list[tuple], pad_id: int, run) -> SequenceTable:
+    """Reference log-probs of the initial policy for single (prompt ids, response ids) sequences, from the on-disk
+    cache: as `cached_tables`, in a file of its own next to the pairs' (one line {"key", "logp"} per sequence)."""
+    from alignkit.models.load import cache_root
+
+    t = cfg.train
+    cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else cache_root() / "ref-logps"
+    path = cache_dir / f"{hashlib.sha256(f'{fingerprint}|bf16={t.bf16}|v1'.encode()).hexdigest()[:32]}-seq.jsonl"
+    known = _read_sequences(path)
+    wanted = {sequence_key(*k): k for k in needed}
+    missing = [(h, k) for h, k in wanted.items() if h not in known]
+    if missing and run.accelerator.is_main_process:
+        print(f"reference log-probs: computing {len(missing)} of {len(wanted)} sequences (cache {path})")
+        policy.module.eval()
+        with progress("reference log-probs", total=len(missing), unit="rows") as advance:
+            logps = sequence_logps(policy.module, [k for _, k in missing], pad_id, t.eval_batch_size, run.autocast,
+                                   run.device, policy.adapter_off, advance=advance)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for (h, _), logp in zip(missing, logps):
+                f.write(json.dumps({"key": h, "logp": logp}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    elif not missing:
+        print(f"reference log-probs: reused cache {path} for all {len(wanted)} sequences")
+    run.accelerator.wait_for_everyone()
+    if missing:  # the main process appended them
+        known = _read_sequences(path)
+    return SequenceTable({k: known[h] for h, k in wanted.items()})
+
+
+def _read_sequences(path: Path) -> dict[str, float]:
+    known = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                known[r["key"]] = float(r["logp"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line torn by a killed run
+    return known
 
 
 def _read_cache(path: Path) -> dict[str, tuple[float, float]]:

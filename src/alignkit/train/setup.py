@@ -282,3 +282,29 @@ def open_sampler(cfg, run: Run, tokenizer, policy: Policy):
                             "the engines yourself and give generation.engine_urls")
     return from_config(gen, tokenizer, base_model(policy.model), cfg.model.path,
                        run.run_dir if run.accelerator.is_main_process else None)
+
+
+def sync_sampler(backend, model: nn.Module, run: Run) -> dict[str, float]:
+    """Make an RL command's sampler serve the policy's current weights before a generation round (the first round
+    too: a resumed run, or an engine that served something else), checked. The main process pushes; the others
+    adopt its report, so all raise alike. Returns what to log: weight_version, sync_seconds, sync_probe_max_diff."""
+    report = error = None
+    if run.rank == 0:
+        try:
+            report = backend.sync(model)
+        except AlignkitError as e:
+            error = str(e)
+    if run.world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [(report, error)]
+        broadcast_object_list(box, from_process=0)
+        report, error = box[0]
+        if error is None and run.rank:
+            backend.adopt(report)
+    if error is not None:
+        raise AlignkitError(error)
+    out = {"weight_version": float(report.version), "sync_seconds": report.seconds}
+    if report.probe_max_abs_diff is not None:
+        out["sync_probe_max_diff"] = report.probe_max_abs_diff
+    return out
