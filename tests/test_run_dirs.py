@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 from alignkit.cli import main
-from alignkit.config import DPOConfig, GRPOConfig, changed_keys
+from alignkit.config import DPOConfig, GRPOConfig, OnlineDPOConfig, changed_keys
 from conftest import ROOT
 
 DATA = ROOT / "data" / "arith" / "train.jsonl"
@@ -70,6 +70,12 @@ def test_keys_a_rerun_may_change():
     grpo = GRPOConfig().model_dump(mode="json")
     moved = GRPOConfig.model_validate({"generation": {"backend": "vllm", "engine_urls": ["http://h:1"]}})
     assert [k for k, _, _ in changed_keys(grpo, moved)] == ["generation.backend"]  # the address may change, not the backend
+    judged = {"judge": {"url": "http://h:1/v1", "model": "m"}}
+    online = OnlineDPOConfig.model_validate(judged).model_dump(mode="json")
+    elsewhere = OnlineDPOConfig.model_validate({"judge": {"url": "http://g:2/v1", "model": "m", "concurrency": 2}})
+    assert changed_keys(online, elsewhere) == []  # the judge's address may change, not the judge
+    other_judge = OnlineDPOConfig.model_validate({"judge": {"url": "http://g:2/v1", "model": "n"}})
+    assert [k for k, _, _ in changed_keys(online, other_judge)] == ["judge.model"]
 
 
 def test_non_finite_loss_stops_before_the_update(tiny_model, tmp_path, capsys):

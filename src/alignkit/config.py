@@ -441,7 +441,7 @@ MAY_CHANGE = ("train.max_steps", "train.epochs", "train.resume", "train.overwrit
               "train.threads", "train.tensorboard",
               "train.report_to", "reference.cache_dir", "generation.engine_urls",
               "generation.engine_command", "generation.startup_timeout", "generation.engine_timeout",
-              "generation.sync_timeout", "generation.sync_dir")
+              "generation.sync_timeout", "generation.sync_dir", "judge.url", "judge.api_key_env", "judge.concurrency")
 
 
 def _flatten(tree, prefix: str = "") -> dict:
