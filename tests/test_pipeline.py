@@ -27,6 +27,11 @@ def _recipe(tmp_path, model, ppo_steps=4):
                f"reference:\n  cache_dir: {tmp_path / 'ref-cache'}\n"
                "train:\n  batch_size: 4\n  micro_batch_size: 4\n  max_steps: 2\n",
     }
+    return _write_recipe(tmp_path, model, cfgs)
+
+
+def _write_recipe(tmp_path, model, cfgs: dict[str, str]):
+    """A recipe with one stage per entry (stage name = command), each config written beside it."""
     stages = []
     for name, text in cfgs.items():
         (tmp_path / f"{name}.yaml").write_text(text)
@@ -84,3 +89,32 @@ def test_a_failing_stage_stops_the_pipeline_and_keeps_what_completed(tiny_model,
     err = capsys.readouterr().err
     assert "stage 'rm' failed" in err and "completed stages kept (sft)" in err
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["completed"] == ["sft"]
+
+
+def test_rm_online_dpo_kto_hand_over_models(tiny_model, tmp_path):
+    """An online-dpo stage without rewards is ranked by the rm stage's reward model, and a kto stage (reading the
+    shipped preference file, unpaired) starts from the online-dpo stage's policy."""
+    import yaml
+
+    cfgs = {
+        "rm": f"data:\n  train: {DATA}\n  max_length: 160\n  max_prompt_length: 96\n"
+              "train:\n  batch_size: 8\n  micro_batch_size: 8\n  max_steps: 2\n",
+        "online-dpo": "task:\n  name: addition-1d\n  limit: 8\nonline:\n  samples_per_prompt: 2\n"
+                      "generation:\n  max_new_tokens: 6\n  batch_size: 8\n"
+                      "train:\n  batch_size: 4\n  micro_batch_size: 4\n  max_steps: 2\n",
+        "kto": f"data:\n  train: {DATA}\n  max_length: 160\n  max_prompt_length: 96\n"
+               f"reference:\n  cache_dir: {tmp_path / 'ref-cache'}\n"
+               "train:\n  batch_size: 4\n  micro_batch_size: 4\n  max_steps: 2\n",
+    }
+    main(["pipeline", str(_write_recipe(tmp_path, tiny_model, cfgs))])
+    out = tmp_path / "out"
+    assert json.loads((out / "pipeline.json").read_text())["completed"] == ["rm", "online-dpo", "kto"]
+    online = yaml.safe_load((out / "online-dpo.yaml").read_text())
+    assert online["model"]["path"] == str(tiny_model)  # an rm stage does not change the policy
+    assert online["rewards"] == [{"kind": "model", "function": None, "model": str(out / "rm" / "final"),
+                                  "weight": 1.0}]
+    assert yaml.safe_load((out / "kto.yaml").read_text())["model"]["path"] == str(out / "online-dpo" / "final")
+    rows = [json.loads(line) for line in (out / "online-dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all("pairs" in r for r in rows)
+    for stage in ("rm", "online-dpo", "kto"):
+        assert (out / stage / "final" / "config.json").is_file()

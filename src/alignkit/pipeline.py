@@ -10,10 +10,11 @@
 
 Hand-over:
 - Every stage writes into `<output_dir>/<name>` (its `train.output_dir`).
-- Policy stages (sft, dpo, ppo, grpo, dapo) start from the current policy: the recipe's `model`, then the
-  `final/` of the last policy stage. An `rm` stage starts from the current policy too (the InstructGPT
-  recipe), and its `final/` becomes the reward model of later `ppo` / `grpo` / `dapo` stages: it replaces
-  the path of every reward of kind `model`, and is the reward of a stage whose config gives no `rewards`.
+- Policy stages (sft, dpo, kto, ppo, grpo, dapo, online-dpo) start from the current policy: the recipe's `model`,
+  then the `final/` of the last policy stage. An `rm` stage starts from the current policy too (the InstructGPT
+  recipe), and its `final/` becomes the reward model of later `ppo` / `grpo` / `dapo` / `online-dpo` stages: it
+  replaces the path of every reward of kind `model`, and is the reward of a stage whose config gives neither
+  `rewards` nor a `judge`.
 
 Each stage runs as its own process with its resolved config saved as `<output_dir>/<name>.yaml`.
 `pipeline.json` records the stages that completed. A failed stage stops the pipeline and keeps everything
@@ -35,12 +36,13 @@ from pydantic import Field, ValidationError
 from alignkit import AlignkitError
 from alignkit.config import Strict, format_validation, load_config
 
-POLICY = {"sft", "dpo", "ppo", "grpo", "dapo"}
+POLICY = {"sft", "dpo", "kto", "ppo", "grpo", "dapo", "online-dpo"}
+RANKED = ("ppo", "grpo", "dapo", "online-dpo")  # stages a reward model (the last rm stage's) can score
 
 
 class Stage(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    command: Literal["sft", "rm", "dpo", "ppo", "grpo", "dapo"]
+    command: Literal["sft", "rm", "dpo", "kto", "ppo", "grpo", "dapo", "online-dpo"]
     config: str
     overrides: list[str] = []
 
@@ -54,8 +56,8 @@ class Recipe(Strict):
 def _schema(command: str):
     from alignkit import config as c
 
-    return {"sft": c.SFTConfig, "rm": c.RMConfig, "dpo": c.DPOConfig, "ppo": c.PPOConfig, "grpo": c.GRPOConfig,
-            "dapo": c.GRPOConfig}[command]
+    return {"sft": c.SFTConfig, "rm": c.RMConfig, "dpo": c.DPOConfig, "kto": c.KTOConfig, "ppo": c.PPOConfig,
+            "grpo": c.GRPOConfig, "dapo": c.GRPOConfig, "online-dpo": c.OnlineDPOConfig}[command]
 
 
 def _read_recipe(path: str) -> Recipe:
@@ -86,10 +88,10 @@ def _stage_configs(recipe: Recipe, source: str) -> list[tuple[Stage, Path, Path]
         overrides = [*stage.overrides, f"model.path={policy}", f"train.output_dir={stage_dir}"]
         if stage.command == "dapo":
             overrides.insert(0, "preset=dapo")
-        if stage.command in ("ppo", "grpo", "dapo") and reward_model and "rewards" not in (raw or {}):
+        if stage.command in RANKED and reward_model and not {"rewards", "judge"} & set(raw or {}):
             overrides.append(f"rewards=[{{kind: model, model: '{reward_model}'}}]")
         cfg = load_config(_schema(stage.command), stage.config, overrides)
-        if stage.command in ("ppo", "grpo", "dapo") and reward_model:  # reward models: the rm stage's
+        if stage.command in RANKED and reward_model:  # reward models: the rm stage's
             cfg = cfg.model_copy(update={"rewards": [
                 r.model_copy(update={"model": reward_model}) if r.kind == "model" else r for r in cfg.rewards]})
         resolved = out_dir / f"{stage.name}.yaml"
