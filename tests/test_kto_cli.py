@@ -221,6 +221,7 @@ def test_two_processes_match_one(tiny_model, tmp_path):
         assert [r.get(key) for r in b] == pytest.approx([r.get(key) for r in a], abs=tolerance), key
 
 
+@pytest.mark.slow  # ~25 s; the loop's resume is in the default suite through test_dpo_cli
 def test_resume_after_sigkill_matches_uninterrupted(tiny_model, tmp_path):
     cfg = _config(tmp_path, tiny_model, max_steps=14, save_every=3, keep_last=2, eval_every=5)
     a, b = killed_and_resumed("kto", cfg, tmp_path / "full", tmp_path / "killed", 8, 14)

@@ -91,6 +91,7 @@ def test_a_failing_stage_stops_the_pipeline_and_keeps_what_completed(tiny_model,
     assert json.loads((tmp_path / "out" / "pipeline.json").read_text())["completed"] == ["sft"]
 
 
+@pytest.mark.slow  # ~30 s of three tiny stages; the hand-over itself is in the sft -> rm -> ppo -> dpo test
 def test_rm_online_dpo_kto_hand_over_models(tiny_model, tmp_path):
     """An online-dpo stage without rewards is ranked by the rm stage's reward model, and a kto stage (reading the
     shipped preference file, unpaired) starts from the online-dpo stage's policy."""
