@@ -170,15 +170,16 @@ class PPO:
         advantages, returns = self._advantages(scores, logps, ref, values, mask)
         kl_per_seq = (k1(logps, ref) * mask).sum(1)  # (N,)
         lengths = mask.sum(1).float()
-        var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        explained = 1 - masked_mean((returns - values - masked_mean(returns - values, mask)) ** 2, mask) / var_returns
         stats = {"score": float(scores.mean()), "score_std": float(scores.std()) if len(scores) > 1 else 0.0,
                  "kl": float(kl_per_seq.mean()), "kl_coef": self.kl_ctl.value,
                  "response_length": float(lengths.mean()), "unfinished_fraction": float((~finished).float().mean()),
                  "entropy": float(-(logps * mask).sum() / mask.sum()),
                  "sampler/logp_diff_mean": float(mismatch.sum() / mask.sum()),
                  "sampler/logp_diff_max": float(mismatch.max()), **synced, **parts}
-        if self.ac.critic is not None:
+        if self.ac.critic is not None:  # how much of the returns' variance the critic's values explain
+            var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+            residual = returns - values
+            explained = 1 - masked_mean((residual - masked_mean(residual, mask)) ** 2, mask) / var_returns
             stats["explained_variance"] = float(explained) if float(var_returns) > 0 else 0.0
         self.kl_ctl.update(stats["kl"], len(chosen))
         if self.cfg.generation.log_rollouts:

@@ -47,6 +47,15 @@ class AppendLog:
         self._file.close()
 
 
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """Append records to a JSONL file in one write, flushed and fsynced (a cache several runs add to)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_jsonl(path: Path, records: list[dict]) -> None:
     """The records as a whole new file, atomically: a reader sees the old file or the new one, never a part."""
     from alignkit.data.files import output_file

@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from torch import nn
 from alignkit import AlignkitError
 from alignkit.data.chat import TokenizedPair
 from alignkit.data.collate import PairBatch, pad_rows
+from alignkit.data.jsonl import append_jsonl
 from alignkit.progress import progress
 
 
@@ -215,13 +215,8 @@ def cached_tables(cfg, fingerprint: str, policy, needed: dict[str, list[Tokenize
             chosen = sequence_logps(policy.module, [(p.prompt_ids, p.chosen_ids) for p in hinted], pad_id,
                                     2 * t.eval_batch_size, *args[2:], advance=advance)
         results += [{"chosen_logp": c, "rejected_logp": p.rejected_hint[3]} for p, c in zip(hinted, chosen)]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for pair, r in zip(full + hinted, results):
-                f.write(json.dumps({"key": pair_key(pair), "chosen_logp": r["chosen_logp"],
-                                    "rejected_logp": r["rejected_logp"]}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(path, [{"key": pair_key(pair), "chosen_logp": r["chosen_logp"],
+                             "rejected_logp": r["rejected_logp"]} for pair, r in zip(full + hinted, results)])
     elif not missing:
         print(f"reference log-probs: reused cache {path} for all {len(wanted)} pairs")
     run.accelerator.wait_for_everyone()
@@ -251,12 +246,7 @@ def cached_sequences(cfg, fingerprint: str, policy, needed: list[tuple], pad_id:
         with progress("reference log-probs", total=len(missing), unit="rows") as advance:
             logps = sequence_logps(policy.module, [k for _, k in missing], pad_id, t.eval_batch_size, run.autocast,
                                    run.device, policy.adapter_off, advance=advance)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as f:
-            for (h, _), logp in zip(missing, logps):
-                f.write(json.dumps({"key": h, "logp": logp}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(path, [{"key": h, "logp": logp} for (h, _), logp in zip(missing, logps)])
     elif not missing:
         print(f"reference log-probs: reused cache {path} for all {len(wanted)} sequences")
     run.accelerator.wait_for_everyone()
