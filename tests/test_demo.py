@@ -47,7 +47,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_model, tmp_path, capsy
     counts = [int(n) for n in re.findall(r"“[^”]*”(?: \(unseen phrasing\))?, (\d+) questions", table)]
     assert len(counts) == len(templates) and sum(counts) == 8
     pairs = sum(1 for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines() if line.strip())
-    built = re.search(r"<h2>Pairs built</h2><table><thead>.*?</thead><tbody><tr><td>(\d+)</td><td>(\d+)</td>", html)
+    built = re.search(r"<h2>Pairs built</h2><table><thead>.*?</thead><tbody><tr><td>1</td><td>(\d+)</td>"
+                      r"<td>(\d+)</td>", html)
     assert built and built.groups() == (str(pairs), "16")
     config = (out / "dpo" / "config.yaml").read_text()
     assert "rpo_alpha: 1.0" in config and "<details><summary>config.yaml" in html
@@ -61,3 +62,44 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_model, tmp_path, capsy
     main(args)  # a rerun finds every stage done
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 3
+
+
+def test_rounds_train_on_fresh_questions_from_the_last_rounds_model(tiny_model, tmp_path, capsys):
+    """`--rounds 2`: round 2's student is round 1's trained model, it answers questions round 1 never asked, and
+    its DPO starts from that model (the reference refreshed to it) on both rounds' pairs. Accuracy is reported
+    after each round; a rerun reuses every stage of both rounds."""
+    import yaml
+
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--model", str(tiny_model), "--questions", "16", "--heldout", "8",
+            "--rounds", "2", "--temperature", "0.7", "--samples", "2", "--rejected", "likeliest"]
+    main(args)
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    round1 = [json.loads(line) for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    round2 = [json.loads(line) for line in (out / "round-2" / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert not {p["metadata"]["id"] for p in round1} & {p["metadata"]["id"] for p in round2}
+    outcomes1 = [json.loads(line)["id"] for line in (out / "pairs" / "outcomes.jsonl").read_text().splitlines()]
+    outcomes2 = [json.loads(line)["id"] for line in (out / "round-2" / "pairs" / "outcomes.jsonl").read_text().splitlines()]
+    assert len(outcomes1) == len(outcomes2) == 16 and not set(outcomes1) & set(outcomes2)
+    student2 = yaml.safe_load((out / "round-2" / "pairs" / "config.yaml").read_text())["student"]
+    assert student2["model"] == str(out / "dpo" / "final") and student2["rejected"] == "likeliest"
+    dpo2 = yaml.safe_load((out / "round-2" / "dpo" / "config.yaml").read_text())
+    assert dpo2["model"]["path"] == str(out / "dpo" / "final")  # the last round's model, also the reference
+    train2 = [json.loads(line) for line in (out / "round-2" / "train-pairs.jsonl").read_text().splitlines()]
+    assert train2 == round1 + round2
+    assert summary["final_model"] == str(out / "round-2" / "dpo" / "final")
+    for r, stage in zip(rounds, ("eval-trained", "round-2/eval-trained")):
+        results = [json.loads(line) for line in (out / stage / "results.jsonl").read_text().splitlines()]
+        assert r["accuracy"] == sum(x["correct"] for x in results) / len(results)
+        assert 0 < r["student_ranking"]["pairs"] <= r["pairs"]  # the pairs its DPO visited
+    assert summary["accuracy_after"] == rounds[1]["accuracy"]
+    assert "(after each round)" in printed and "pairs, round 2" in printed
+    html = (out / "report.html").read_text()
+    assert "<th>after round 1</th><th>after round 2</th>" in html
+    assert html.count("<h3>round ") == 2
+
+    main(args)
+    assert capsys.readouterr().out.count("reusing") == 5  # base eval, two DPO runs, two trained evals

@@ -133,3 +133,43 @@ def test_pack_layout():
     assert positions.tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 4, 5]]
     # A row's first token is never trained: nothing inside its own row predicts it.
     assert mask.tolist() == [[False, False, True, True, False, True], [False, True, True, False, False, False]]
+
+
+def test_sft_from_a_tasks_solver(tiny_model, tokenizer, tmp_path, capsys):
+    """`data.task`: the rows are the task's questions with its solver's worked solutions as completions, token for
+    token what the same rows in a file give; through the CLI the run trains on them. Neither or both of train and
+    task, or a task without a solver, is an error naming the key."""
+    from alignkit.algos.sft import load_rows, solver_rows
+    from alignkit.config import TaskConfig
+    from alignkit.tasks import make_task, task_items
+
+    task_cfg = TaskConfig(name="addition-2d", split="train", limit=8, offset=3)
+    task = make_task(task_cfg)
+    file = tmp_path / "solutions.jsonl"
+    file.write_text("".join(json.dumps({"prompt": i.messages(), "completion": [
+        {"role": "assistant", "content": task.solve(i)}]}) + "\n" for i in task_items(task, task_cfg)))
+    from_task = load_rows("task", tokenizer, 512, True, "train", solver_rows(task_cfg))
+    assert from_task == load_rows(str(file), tokenizer, 512, True, "train") and len(from_task) == 8
+    ids, mask = from_task[0]
+    item = task_items(task, task_cfg)[0]
+    assert tokenizer.decode([t for t, m in zip(ids, mask) if m]) == task.solve(item) + "<|im_end|>"
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text(f"model:\n  path: {tiny_model}\ndata:\n  task: {{name: addition-2d, limit: 8}}\n"
+                   f"train:\n  output_dir: {tmp_path / 'run'}\n  batch_size: 4\n  micro_batch_size: 4\n  max_steps: 2\n")
+    main(["sft", "--config", str(cfg)])
+    assert "data: 8 training rows" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    for data, message in (("  max_length: 64\n", "data: give train (a file of rows) or task"),
+                          (f"  train: {file}\n  task: {{name: addition-2d}}\n", "not both"),
+                          (f"  task: {{file: {qa}}}\n", "has no solver")):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(f"model:\n  path: {tiny_model}\ndata:\n{data}"
+                       f"train:\n  output_dir: {tmp_path / 'bad'}\n  max_steps: 1\n")
+        with pytest.raises(SystemExit):
+            main(["sft", "--config", str(bad)])
+        assert message in capsys.readouterr().err

@@ -401,6 +401,14 @@ def demo(
     questions: int = typer.Option(288, min=1, help="training questions the student answers"),
     heldout: int = typer.Option(200, min=1, help="held-out questions evaluated before and after"),
     samples: int = typer.Option(1, min=1, help="student answers per training question"),
+    temperature: float = typer.Option(1.0, callback=_finite, min=0.0, help="the student's sampling temperature (0: greedy, its "
+                                                         "likeliest answer)"),
+    rejected: str = typer.Option("first", help="which wrong answer is rejected: first, or likeliest (highest "
+                                               "log-prob under the student)"),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="new tokens per held-out answer (default: the "
+                                                              "task solver's longest solution + 16, at least 72)"),
+    rounds: int = typer.Option(1, min=1, help="rounds of self-correction: each round's trained model answers "
+                                             "fresh questions and learns from its remaining mistakes"),
     teacher_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint for the teacher (default: "
                                                          "the task's own solver)"),
     teacher_model: Optional[str] = typer.Option(None, help="model name at --teacher-url"),
@@ -414,8 +422,11 @@ def demo(
 
     if language not in ("en", "zh"):
         raise typer.BadParameter(f"{language!r}: use en or zh", param_hint="'--language'")
+    if rejected not in ("first", "likeliest"):
+        raise typer.BadParameter(f"{rejected!r}: use first or likeliest", param_hint="'--rejected'")
     d.run(out, model, task, questions, heldout, samples, teacher_url, teacher_model, teacher_key_env, seed=seed,
-          language=language)
+          language=language, rounds=rounds, temperature=temperature, rejected=rejected,
+          max_new_tokens=max_new_tokens)
 
 
 @app.command()

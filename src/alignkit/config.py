@@ -230,7 +230,8 @@ class TaskConfig(Strict):
     answer_field: str = "answer"  # "#### 42" (GSM8K), "\\boxed{42}" or a plain number; optional in format trl
     id_field: str | None = None  # default: the row number
     split: str = "train"  # built-in: train or heldout; a saved DatasetDict: its split
-    limit: int | None = Field(None, gt=0)  # the first N items
+    limit: int | None = Field(None, gt=0)  # the first N items (after `offset`)
+    offset: int = Field(0, ge=0)  # skip the first N items: rounds of training on fresh questions of one draw
     languages: list[Literal["en", "zh"]] = ["en"]  # built-in tasks only
     seed: int = 0  # built-in tasks only: which questions are drawn
 
@@ -272,7 +273,10 @@ class EngineConfig(Strict):
 class StudentConfig(EngineConfig):
     model: str = "smollm2-135m-instruct"
     samples: int = Field(4, gt=0)  # k answers per question
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0)  # 0: greedy (one answer per question, whatever `samples` says)
+    # Which wrong answer becomes `rejected`: the first one, or the likeliest (highest summed log-prob under the
+    # student): the mistake it would most likely make again (docs/pairs.md, "Informative pairs").
+    rejected: Literal["first", "likeliest"] = "first"
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -343,10 +347,14 @@ class PairsConfig(Strict):
     teacher: TeacherConfig = TeacherConfig()
     output_dir: str = "runs/pairs"
     chunk: int = Field(32, gt=0)  # questions per round of student sampling + teaching; progress is saved per record
+    # How hard the pairs are: a forward pass of a local student over them at the end (pairs/build.py: student_ranking)
+    rank: bool = True
 
 
 class SFTDataConfig(Strict):
-    train: str  # rows with "messages", or "prompt" + "completion"
+    train: str | None = None  # rows with "messages", or "prompt" + "completion"
+    # or demonstrations written by a built-in task's own solver for its questions (a warm start before RL)
+    task: TaskConfig | None = None
     eval: str | None = None
     eval_fraction: float = Field(0.0, ge=0, lt=1)
     split: str = "train"  # for `train`, when it is a saved DatasetDict
@@ -356,6 +364,12 @@ class SFTDataConfig(Strict):
     # Pack each micro-batch's rows end to end into rows of at most max_length tokens (no padding between
     # them); positions restart per row and attention stays inside it, so the loss is the unpacked one.
     packing: bool = False
+
+    @model_validator(mode="after")
+    def _source(self):  # neither is refused when the run starts (algos/sft.py), so --show-config lists both
+        if self.train is not None and self.task is not None:
+            raise ValueError("data: give train (a file of rows) or task (the task's solver writes them), not both")
+        return self
 
 
 class SFTTrainConfig(TrainConfig):

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from alignkit.config import (DataConfig, DPOConfig, LoraConfig, LossConfig, ModelConfig, PairsConfig,
-                             StudentConfig, TaskConfig, TeacherConfig, TrainConfig)
+                             ReferenceConfig, StudentConfig, TaskConfig, TeacherConfig, TrainConfig)
 
 
 def _say(msg: str) -> None:
@@ -51,12 +51,29 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
     return summary
 
 
+def answer_budget(task_cfg, tokenizer) -> int:
+    """New tokens for a held-out answer: room for the solver's longest worked solution to these questions and 16
+    tokens more, and never under 72 (two-digit addition's 54-token solutions get 72, three-digit's 83 get 99)."""
+    from alignkit.tasks import make_task, task_items
+
+    task = make_task(task_cfg)
+    longest = max(len(tokenizer(task.solve(i), add_special_tokens=False)["input_ids"]) for i in task_items(task, task_cfg))
+    return max(72, longest + 16)
+
+
+def _round_dir(run_dir: Path, k: int) -> Path:
+    """Round 1 writes pairs/, dpo/ and eval-trained/ into the run directory itself; round k > 1 into round-k/."""
+    return run_dir if k == 1 else run_dir / f"round-{k}"
+
+
 def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str = "addition-2d",
         questions: int = 288, heldout: int = 200, samples: int = 1, teacher_url: str | None = None,
         teacher_model: str | None = None, teacher_key_env: str = "OPENAI_API_KEY", lr: float = 1e-3,
-        epochs: float = 1.0, seed: int = 0, max_new_tokens: int = 72, language: str = "en") -> dict:
+        epochs: float = 1.0, seed: int = 0, max_new_tokens: int | None = None, language: str = "en", rounds: int = 1,
+        temperature: float = 1.0, rejected: str = "first") -> dict:
     from alignkit.algos import dpo
-    from alignkit.models.load import load_model, load_tokenizer
+    from alignkit.data.jsonl import write_jsonl
+    from alignkit.models.load import bf16_is_fast, load_model, load_tokenizer
     from alignkit.pairs import build
 
     started = time.time()
@@ -65,6 +82,8 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     times: dict[str, float] = {}
     heldout_cfg = TaskConfig(name=task, split="heldout", limit=heldout, seed=seed, languages=[language])
     tokenizer = load_tokenizer(model)
+    if max_new_tokens is None:
+        max_new_tokens = answer_budget(heldout_cfg, tokenizer)
     student = load_model(model)
 
     t = time.time()
@@ -72,88 +91,142 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
                              max_new_tokens, 256)
     times["evaluate base"] = time.time() - t
 
-    t = time.time()
     if teacher_url:
         teacher = TeacherConfig(kind="openai", base_url=teacher_url, model=teacher_model or "default",
                                 api_key_env=teacher_key_env)
     else:
         teacher = TeacherConfig(kind="solver")
-    pairs_cfg = PairsConfig(
-        task=TaskConfig(name=task, split="train", limit=questions, seed=seed, languages=[language]),
-        student=StudentConfig(model=model, samples=samples, temperature=1.0, max_new_tokens=64, batch_size=256,
-                              seed=seed),
-        teacher=teacher, output_dir=str(run_dir / "pairs"), chunk=128,
-    )
-    _say(f"[pairs] the student answers {questions} training questions; the {teacher.kind} teacher writes chosen ...")
-    pair_summary = build.run(pairs_cfg, student=student, tokenizer=tokenizer, log=_say)
-    times["build pairs"] = time.time() - t
-    del student
+    current, history = model, []
+    for k in range(1, rounds + 1):
+        d, tag = _round_dir(run_dir, k), ("" if rounds == 1 else f" (round {k})")
+        name = "" if rounds == 1 else f"round {k}: "
+        t = time.time()
+        # Each round's student answers questions no earlier round asked: the next slice of one seeded draw.
+        pairs_cfg = PairsConfig(
+            task=TaskConfig(name=task, split="train", offset=(k - 1) * questions, limit=questions, seed=seed,
+                            languages=[language]),
+            student=StudentConfig(model=str(current), samples=samples, temperature=temperature, rejected=rejected,
+                                  max_new_tokens=64, batch_size=256, seed=seed),
+            teacher=teacher, output_dir=str(d / "pairs"), chunk=128, rank=False,  # ranked from DPO's reference
+        )
+        _say(f"[pairs{tag}] the student answers {questions} training questions; the {teacher.kind} teacher "
+             f"writes chosen ...")
+        pair_summary = build.run(pairs_cfg, student=student, tokenizer=tokenizer, log=_say)
+        times[f"{name}build pairs"] = time.time() - t
+        student = None  # DPO loads its own copy
+        gc.collect()
+        if not pair_summary["pairs"]:
+            _say(f"[pairs{tag}] no wrong answers left to learn from; stopping after round {k - 1}")
+            break
+
+        t = time.time()
+        # Each round trains a fresh adapter on the model the last round made, against that model as reference
+        # (the adapter off): the reference refreshed every round, as in iterative DPO. It trains on every round's
+        # pairs so far: a later round's few pairs share one or two mistakes (a carry forgotten), and DPO on them
+        # alone over-corrects (docs/pairs.md, "Rounds").
+        train_file = d / "pairs" / "pairs.jsonl"
+        if k > 1:
+            train_file = d / "train-pairs.jsonl"
+            if not train_file.exists():
+                write_jsonl(train_file, [json.loads(line) for j in range(1, k + 1)
+                                         for line in (_round_dir(run_dir, j) / "pairs" / "pairs.jsonl")
+                                         .read_text(encoding="utf-8").splitlines() if line.strip()])
+        bf16 = bf16_is_fast("cpu")
+        dpo_cfg = DPOConfig(
+            model=ModelConfig(path=str(current), lora=LoraConfig(r=16, alpha=32, merge=True)),
+            # The reference is this round's student; its log-probs of the pairs, cached here, also say how hard
+            # the pairs were for it (below).
+            reference=ReferenceConfig(cache_dir=str(d / "dpo" / "ref-logps")),
+            data=DataConfig(train=str(train_file), max_length=192, max_prompt_length=96),
+            loss=LossConfig(type="sigmoid", beta=0.1, rpo_alpha=1.0),
+            train=TrainConfig(output_dir=str(d / "dpo"), seed=seed, epochs=epochs, batch_size=8,
+                              micro_batch_size=8, lr=lr, warmup_steps=2, scheduler="cosine", log_every=1,
+                              save_every=5, keep_last=1, bf16=bf16),
+        )
+        final = d / "dpo" / "final"
+        if (final / "config.json").exists():
+            _say(f"[dpo{tag}] reusing {final}")
+        else:
+            total = sum(1 for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip())
+            _say(f"[dpo{tag}] training on {total} pairs" + (f" (this round's {pair_summary['pairs']} and the earlier "
+                                                              f"rounds')" if k > 1 else "") + " ...")
+            dpo.run(dpo_cfg)
+        times[f"{name}train dpo"] = time.time() - t
+        ranking = build.ranking_from_reference(d / "pairs" / "pairs.jsonl", d / "dpo" / "ref-logps", tokenizer,
+                                               "bf16" if bf16 else "torch.float32")
+        if ranking:
+            _say(f"[pairs{tag}] the student ranked chosen above rejected in {ranking['ranks_chosen_higher']:.1%} "
+                 f"of the {ranking['pairs']} pairs DPO trained on, before training (summed log-prob)")
+
+        t = time.time()
+        student = load_model(str(final))  # evaluated now, and the next round's student
+        after = _evaluate_stage(f"trained{tag}", final, student, tokenizer, heldout_cfg, d / "eval-trained",
+                                max_new_tokens, 256)
+        times[f"{name}evaluate trained"] = time.time() - t
+        history.append({"round": k, "model": str(final), "pairs": pair_summary["pairs"],
+                        "training_questions": questions, "student_accuracy": pair_summary["student_accuracy"],
+                        "student_ranking": ranking, "accuracy": after["accuracy"],
+                        "accuracy_reserved_phrasings": after.get("accuracy_reserved_phrasings")})
+        current = final
+    student = None
     gc.collect()
 
-    t = time.time()
-    dpo_cfg = DPOConfig(
-        model=ModelConfig(path=model, lora=LoraConfig(r=16, alpha=32, merge=True)),
-        data=DataConfig(train=str(run_dir / "pairs" / "pairs.jsonl"), max_length=192, max_prompt_length=96),
-        loss=LossConfig(type="sigmoid", beta=0.1, rpo_alpha=1.0),
-        train=TrainConfig(output_dir=str(run_dir / "dpo"), seed=seed, epochs=epochs, batch_size=8,
-                          micro_batch_size=8, lr=lr, warmup_steps=2, scheduler="cosine", log_every=1,
-                          save_every=5, keep_last=1),
-    )
-    final = run_dir / "dpo" / "final"
-    if (final / "config.json").exists():
-        _say(f"[dpo] reusing {final}")
-    else:
-        _say(f"[dpo] training on {pair_summary['pairs']} pairs ...")
-        dpo.run(dpo_cfg)
-    times["train dpo"] = time.time() - t
-
-    t = time.time()
-    trained = load_model(str(final))
-    after = _evaluate_stage("trained", final, trained, tokenizer, heldout_cfg, run_dir / "eval-trained",
-                            max_new_tokens, 256)
-    times["evaluate trained"] = time.time() - t
-    del trained
-    gc.collect()
-
+    last = history[-1] if history else {"accuracy": None, "accuracy_reserved_phrasings": None, "model": model}
+    first = history[0] if history else {"pairs": 0, "student_accuracy": None}
     summary = {
         "model": model, "task": task, "language": language, "heldout_questions": before["items"],
-        "training_questions": questions,
-        "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+        "max_new_tokens": max_new_tokens,
+        "training_questions": questions, "rounds": history, "final_model": last["model"],
+        "accuracy_before": before["accuracy"], "accuracy_after": last["accuracy"],
         "accuracy_reserved_before": before.get("accuracy_reserved_phrasings"),
-        "accuracy_reserved_after": after.get("accuracy_reserved_phrasings"),
-        "pairs": pair_summary["pairs"], "student_accuracy": pair_summary["student_accuracy"],
+        "accuracy_reserved_after": last["accuracy_reserved_phrasings"],
+        "pairs": first["pairs"], "student_accuracy": first["student_accuracy"],
         "teacher": teacher.kind, "seconds": {k: round(v, 1) for k, v in times.items()},
         "total_seconds": round(time.time() - started, 1),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    write_report(run_dir, summary)
+    if history:
+        write_report(run_dir, summary)
     _say(console_summary(summary, run_dir))
     return summary
 
 
 def console_summary(s: dict, run_dir: Path) -> str:
     minutes, seconds = divmod(int(s["total_seconds"]), 60)
+    rounds = s.get("rounds") or []
+    path = f"{s['accuracy_before']:.1%}" + "".join(f" -> {r['accuracy']:.1%}" for r in rounds)
     lines = [
         "",
         f"alignkit demo: {s['model']} on {s['task']}",
-        f"  held-out accuracy   {s['accuracy_before']:.1%} -> {s['accuracy_after']:.1%}"
-        f"   ({s['heldout_questions']} questions no training question shares)",
+        f"  held-out accuracy   {path}" + (" (after each round)" if len(rounds) > 1 else "")
+        + f"   ({s['heldout_questions']} questions no training question shares)",
     ]
-    if s.get("accuracy_reserved_after") is not None:
-        lines.append(f"  unseen phrasings    {s['accuracy_reserved_before']:.1%} -> {s['accuracy_reserved_after']:.1%}")
+    if rounds and rounds[-1].get("accuracy_reserved_phrasings") is not None:
+        lines.append(f"  unseen phrasings    {s['accuracy_reserved_before']:.1%}"
+                     + "".join(f" -> {r['accuracy_reserved_phrasings']:.1%}" for r in rounds))
+    for r in rounds:
+        label = "pairs" if len(rounds) == 1 else f"pairs, round {r['round']}"
+        ranked = r.get("student_ranking")
+        lines.append(f"  {label:<20}{r['pairs']} from {r['training_questions']} training questions (student right "
+                     f"{r['student_accuracy']:.1%} of the time"
+                     + (f"; it already ranked chosen higher in {ranked['ranks_chosen_higher']:.0%}" if ranked else "")
+                     + f"; teacher: {s['teacher']})")
     lines += [
-        f"  pairs               {s['pairs']} from {s['training_questions']} training questions "
-        f"(student right {s['student_accuracy']:.1%} of the time; teacher: {s['teacher']})",
         "  time                " + ", ".join(f"{k} {v:.0f}s" for k, v in s["seconds"].items())
         + f"; total {minutes}m{seconds:02d}s",
+        f"  trained model       {s['final_model']}",
         f"  report              {run_dir / 'report.html'}",
     ]
     return "\n".join(lines)
 
 
-def _group_rows(base: list[dict], trained: list[dict]) -> list[list[str]]:
-    """Accuracy before and after per language (when there are several) and per phrasing template, each template
-    shown by one of its questions and marked when training never used it."""
+def _share(rows: list[dict]) -> str:
+    return f"{sum(r['correct'] for r in rows) / len(rows):.1%}" if rows else "-"
+
+
+def _group_rows(base: list[dict], trained: list[list[dict]]) -> list[list[str]]:
+    """Accuracy before and after (each round) per language (when there are several) and per phrasing template,
+    each template shown by one of its questions and marked when training never used it."""
     rows = []
     for key in ("language", "phrasing"):
         names = sorted({r[key] for r in base if key in r}, key=lambda n: (n.split("/")[0], int(n.split("/")[-1]))
@@ -162,33 +235,52 @@ def _group_rows(base: list[dict], trained: list[dict]) -> list[list[str]]:
             continue
         for name in names:
             before = [r for r in base if r.get(key) == name]
-            after = [r for r in trained if r.get(key) == name]
             if key == "language":
                 label = f"language {name}"
             else:
                 label = f"“{before[0]['question']}”" + (" (unseen phrasing)" if before[0].get("reserved_phrasing") else "")
-            rows.append([f"{label}, {len(before)} questions", f"{sum(r['correct'] for r in before) / len(before):.1%}",
-                         f"{sum(r['correct'] for r in after) / max(len(after), 1):.1%}"])
+            rows.append([f"{label}, {len(before)} questions", _share(before)]
+                        + [_share([r for r in after if r.get(key) == name]) for after in trained])
     return rows
+
+
+def _results(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_report(run_dir: Path, s: dict) -> Path:
     from alignkit.eval import report as r
 
-    metrics = r.read_metrics(run_dir / "dpo" / "metrics.jsonl")
-    plots = r.metric_plots(metrics, {
+    rounds = s.get("rounds") or [{"round": 1, "accuracy": s["accuracy_after"], "pairs": s["pairs"],
+                                  "training_questions": s["training_questions"],
+                                  "student_accuracy": s["student_accuracy"],
+                                  "accuracy_reserved_phrasings": s.get("accuracy_reserved_after")}]
+    dirs = [_round_dir(run_dir, x["round"]) for x in rounds]
+    groups = {
         "loss": ["loss", "nll_loss"],
         "rewards": ["rewards/chosen", "rewards/rejected", "rewards/margins"],
         "preference accuracy": ["rewards/accuracies"],
         "log-probs": ["logps/chosen", "logps/rejected"],
-    }, every=r.log_every(run_dir / "dpo" / "config.yaml"))
-    base = [json.loads(line) for line in (run_dir / "eval-base" / "results.jsonl").read_text().splitlines()]
-    trained = [json.loads(line) for line in (run_dir / "eval-trained" / "results.jsonl").read_text().splitlines()]
-    acc_rows = [["all held-out questions", f"{s['accuracy_before']:.1%}", f"{s['accuracy_after']:.1%}"]]
+    }
+    plots = "".join(
+        (f"<h3>round {x['round']}</h3>" if len(rounds) > 1 else "")
+        + f"<div class='plots'>{r.metric_plots(r.read_metrics(d / 'dpo' / 'metrics.jsonl'), groups, every=r.log_every(d / 'dpo' / 'config.yaml'))}</div>"
+        for x, d in zip(rounds, dirs))
+    base = _results(run_dir / "eval-base" / "results.jsonl")
+    trained = [_results(d / "eval-trained" / "results.jsonl") for d in dirs]
+    after = ["after"] if len(rounds) == 1 else [f"after round {x['round']}" for x in rounds]
+    acc_rows = [["all held-out questions", f"{s['accuracy_before']:.1%}"] + [f"{x['accuracy']:.1%}" for x in rounds]]
     if s.get("accuracy_reserved_after") is not None:
-        acc_rows.append(["phrasings never used in training", f"{s['accuracy_reserved_before']:.1%}",
-                         f"{s['accuracy_reserved_after']:.1%}"])
+        acc_rows.append(["phrasings never used in training", f"{s['accuracy_reserved_before']:.1%}"]
+                        + [f"{x['accuracy_reserved_phrasings']:.1%}" for x in rounds])
     acc_rows += _group_rows(base, trained)
+    built_rows = []
+    for x, d in zip(rounds, dirs):
+        ranked = x.get("student_ranking")
+        built_rows.append([x["round"], r.pairs_built(d / "pairs"), x["training_questions"],
+                           f"{x['student_accuracy']:.1%}",
+                           f"{ranked['ranks_chosen_higher']:.1%}" if ranked else "-",
+                           f"{ranked['mean_margin']:+.1f}" if ranked else "-", s["teacher"]])
     pairs = [json.loads(line) for line in (run_dir / "pairs" / "pairs.jsonl").read_text().splitlines()[:5]]
     pair_html = "".join(
         f"<h3>{r.html.escape(p['metadata']['question'])} (answer {p['metadata']['answer']})</h3><div class='pair'>"
@@ -200,18 +292,19 @@ def write_report(run_dir: Path, s: dict) -> Path:
         f"<h3>{r.html.escape(b['question'])} (answer {b['answer']})</h3><div class='pair'>"
         f"<div><b class='{'ok' if b['correct'] else 'bad'}'>before</b>{r.pre(b['response'])}</div>"
         f"<div><b class='{'ok' if a['correct'] else 'bad'}'>after</b>{r.pre(a['response'])}</div></div>"
-        for b, a in list(zip(base, trained))[:8]
+        for b, a in list(zip(base, trained[-1]))[:8]
     )
     stage_rows = [[k, f"{v:.0f} s"] for k, v in s["seconds"].items()] + [["total", f"{s['total_seconds']:.0f} s"]]
     html_text = r.page(f"alignkit demo: {s['model']} on {s['task']}", [
-        ("Held-out accuracy (greedy pass@1)", r.table(["questions", "before", "after"], acc_rows)),
-        ("Pairs built", r.table(["pairs", "from training questions", "student right", "teacher"], [[
-            r.pairs_built(run_dir / "pairs"), s["training_questions"], f"{s['student_accuracy']:.1%}", s["teacher"]]])),
-        ("Training curves (DPO + NLL on chosen)", f"<div class='plots'>{plots}</div>"),
+        ("Held-out accuracy (greedy pass@1)", r.table(["questions", "before", *after], acc_rows)),
+        ("Pairs built", r.table(["round", "pairs", "from training questions", "student right",
+                                 "student already ranks chosen higher", "mean log-prob margin, chosen − rejected",
+                                 "teacher"], built_rows)),
+        ("Training curves (DPO + NLL on chosen)", plots),
         ("Sample pairs", pair_html),
-        ("Sample held-out answers", answer_html),
+        ("Sample held-out answers" + ("" if len(rounds) == 1 else " (before, and after the last round)"), answer_html),
         ("Time per stage", r.table(["stage", "time"], stage_rows)),
-        ("DPO config", r.config_block(run_dir / "dpo" / "config.yaml")),
+        ("DPO config" + ("" if len(rounds) == 1 else " (round 1)"), r.config_block(run_dir / "dpo" / "config.yaml")),
         ("About this report", r.provenance()),
     ])
     path = run_dir / "report.html"

@@ -141,4 +141,8 @@ def test_eval_accuracy_and_pairs_build_through_the_engine_equal_local(vllm_engin
                        f"output_dir: {tmp_path / backend}-pairs\n")
         main(["pairs", "build", "--config", str(cfg)])
         built[backend] = [_jsonl(tmp_path / f"{backend}-pairs" / name) for name in ("outcomes.jsonl", "pairs.jsonl")]
+    # The local sampler also records its log-probs of each rejected answer (a DPO reference when DPO starts from
+    # the student); the engine's answers come without that record. Everything else is the same.
+    recorded = [p["metadata"].pop("student_logps") for p in built["local"][1]]
+    assert recorded and all(r["token_ids"] for r in recorded)
     assert built["vllm"] == built["local"] and built["local"][1]  # the same questions, answers and pairs

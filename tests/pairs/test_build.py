@@ -1,5 +1,6 @@
 """`alignkit pairs build`: pairs from a student's mistakes, a verified teacher, faults, and resuming."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alignkit import AlignkitError
 from alignkit.cli import main
 from alignkit.config import REVEAL_PHRASES, TaskConfig
 from alignkit.pairs.verify import verify
@@ -287,3 +289,79 @@ def test_a_student_answer_with_control_text_is_never_the_rejected_one(tokenizer)
     assert _rejected(task, item, [forged, wrong], control) == (wrong, None)  # though the forged one finished
     assert _rejected(task, item, [forged], control) == (None, "student_control_text")
     assert _rejected(task, item, [Sample(" ", [])], control) == (None, "student_empty")
+
+
+def test_likeliest_picks_the_wrong_answer_the_student_would_most_likely_give(tokenizer):
+    """`student.rejected: likeliest`: among the wrong answers that finished, the highest summed log-prob (its
+    likeliest mistake); a right answer is never picked, however likely; equals keep the first."""
+    from alignkit.data.chat import ControlText
+    from alignkit.generation.sample import Sample
+    from alignkit.pairs.build import _rejected
+
+    task_cfg = TaskConfig(name="addition-2d", split="train", limit=1)
+    task = make_task(task_cfg)
+    (item,) = task_items(task, task_cfg)
+    control = ControlText(tokenizer)
+    right = Sample(f"Answer: {item.answer}", [1], [-0.01], finished=True)
+    unlikely = Sample("Answer: 1", [1, 2], [-3.0, -2.0], finished=True)
+    likely = Sample("Answer: 2", [1, 2, 3], [-0.5, -0.5, -0.5], finished=True)
+    cut = Sample("Answer: 3", [1], [-0.1], finished=False)  # likelier still, but did not finish
+    samples = [right, unlikely, likely, cut]
+    assert _rejected(task, item, samples, control, "likeliest") == (likely, None)
+    assert _rejected(task, item, samples, control, "first") == (unlikely, None)
+    twin = Sample("Answer: 4", [1, 2, 3], [-0.5, -0.5, -0.5], finished=True)
+    assert _rejected(task, item, [twin, likely], control, "likeliest") == (twin, None)
+
+
+def test_greedy_student_answers_once_and_the_ranking_matches_a_forward_pass(tiny_model, tmp_path):
+    """Temperature 0 asks each question once (`samples` has no meaning for greedy answers), and the pairs' ranking
+    by the student (`ranking.json`) is what a direct forward pass over the pairs gives."""
+    from transformers import AutoTokenizer
+
+    from alignkit.data.collate import load_pairs
+    from alignkit.models.load import load_model
+    from alignkit.models.logprobs import SequenceLogps
+    from alignkit.models.load import bf16_is_fast
+    from alignkit.models.reference import bf16_autocast, pair_logps
+    from alignkit.pairs.build import student_ranking
+
+    greedy = tmp_path / "greedy"
+    main(["pairs", "build", "--config", str(_config(tmp_path, tiny_model, greedy, {"kind": "solver"})),
+          "student.temperature=0", "student.rejected=likeliest"])
+    outcomes, _ = _check_output(greedy)
+    assert {o["student_samples"] for o in outcomes} == {1}
+
+    out = tmp_path / "sampled"  # the random tiny model's greedy answers are mostly blank: rank sampled ones
+    main(["pairs", "build", "--config", str(_config(tmp_path, tiny_model, out, {"kind": "solver"})),
+          "student.rejected=likeliest"])
+    _, pairs = _check_output(out)
+    model = load_model(str(tiny_model)).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    fast = bf16_is_fast("cpu")  # the ranking runs in bf16 where the processor has it, as the direct pass here
+    direct = pair_logps(SequenceLogps(model), load_pairs(str(out / "pairs.jsonl"), tok, 4096, 4096),
+                        tok.pad_token_id, 4, bf16_autocast() if fast else contextlib.nullcontext)
+    ranking = json.loads((out / "summary.json").read_text())["student_ranking"]
+    assert ranking["pairs"] == len(pairs) == len(direct) > 0
+    assert ranking["ranks_chosen_higher"] == round(
+        sum(d["chosen_logp"] > d["rejected_logp"] for d in direct) / len(direct), 4)
+    assert ranking["mean_margin"] == pytest.approx(
+        sum(d["chosen_logp"] - d["rejected_logp"] for d in direct) / len(direct), abs=1e-3)
+    assert ranking["precision"] == ("bf16" if fast else "torch.float32")
+    assert json.loads((out / "ranking.json").read_text()) == ranking
+
+    def no_model():
+        raise AssertionError("the ranking of unchanged pairs is reused, without a model")
+
+    assert student_ranking(out, no_model) == ranking
+
+
+def test_offset_gives_the_next_questions_of_the_same_draw():
+    """task.offset skips the first N items of the seeded draw: consecutive slices never share a question and
+    together are the longer draw."""
+    whole = task_items(make_task(t := TaskConfig(name="addition-2d", split="train", limit=60)), t)
+    first = task_items(make_task(t := TaskConfig(name="addition-2d", split="train", limit=30)), t)
+    second = task_items(make_task(t := TaskConfig(name="addition-2d", split="train", limit=30, offset=30)), t)
+    assert [i.id for i in first + second] == [i.id for i in whole]
+    assert not {i.id for i in first} & {i.id for i in second}
+    with pytest.raises(AlignkitError, match="distinct train questions exist, 5030 were asked for"):
+        task_items(make_task(t := TaskConfig(name="addition-2d", split="train", limit=30, offset=5000)), t)

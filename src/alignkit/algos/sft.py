@@ -32,13 +32,29 @@ from alignkit.train.loop import held_out_sums
 log = logging.getLogger(__name__)
 
 
-def load_rows(path: str, tokenizer, max_length: int, strict: bool, split: str) -> list[tuple[list[int], list[bool]]]:
+def solver_rows(task_cfg):
+    """(number, row) for each question of a built-in task: the question, and the task's own worked solution as the
+    completion (the demonstrations an SFT warm start before RL learns from)."""
+    from alignkit.tasks import make_task, task_items
+
+    task = make_task(task_cfg)
+    for number, item in enumerate(task_items(task, task_cfg), 1):
+        solution = task.solve(item)
+        if solution is None:
+            raise AlignkitError(f"data.task: {task.name} has no solver to write demonstrations; give data.train")
+        yield number, {"prompt": item.messages(), "completion": [{"role": "assistant", "content": solution}]}
+
+
+def load_rows(path: str, tokenizer, max_length: int, strict: bool, split: str,
+              records=None) -> list[tuple[list[int], list[bool]]]:
+    """Tokenized (ids, trained-token mask) rows of the file at `path`, or of `records` ((number, row) pairs, with
+    `path` naming their source in messages)."""
     from alignkit.data.chat import TokenizeSFT
     from alignkit.data.formats import read_rows
 
     tokenize = TokenizeSFT(tokenizer)
     rows, dropped = [], 0
-    for number, record in read_rows(path, split):
+    for number, record in records if records is not None else read_rows(path, split):
         if not isinstance(record, dict):
             raise AlignkitError(f"{path}: row {number}: expected an object")
         ids, mask = tokenize(record, path, number)
@@ -136,16 +152,20 @@ def run(cfg: SFTConfig) -> Path:
     from alignkit.train.loop import finish, train, whole
     from alignkit.train.setup import fresh_module, load_policy, start_run
 
+    if cfg.data.train is None and cfg.data.task is None:
+        raise AlignkitError("data: give train (a file of rows) or task (a built-in task whose solver writes them)")
     run = start_run(cfg, unit=(cfg.train.micro_batch_size, "train.micro_batch_size"))
     cfg, t, d = run.cfg, run.cfg.train, run.cfg.data
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    rows = load_rows(d.train, tokenizer, d.max_length, d.strict, d.split)
+    source = d.train or f"task {d.task.name or d.task.file}"
+    rows = load_rows(source, tokenizer, d.max_length, d.strict, d.split,
+                     None if d.train else solver_rows(d.task))
     if d.eval:
         train_rows, eval_rows = rows, load_rows(d.eval, tokenizer, d.max_length, d.strict, d.eval_split)
     else:
         train_rows, eval_rows = split_eval(rows, d.eval_fraction, t.seed)
     print(f"data: {len(train_rows)} training rows, {len(eval_rows)} held-out rows")
-    steps = total_steps(len(train_rows), t, d.train)
+    steps = total_steps(len(train_rows), t, source)
     policy = load_policy(cfg, run)
     algo = SFT(cfg, train_rows, eval_rows, tokenizer.pad_token_id, steps, run)
     trained, history = train(algo, policy.module, run)

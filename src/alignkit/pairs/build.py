@@ -102,15 +102,93 @@ def summarize(outcomes: dict[str, dict], total: int, retries: int = 0) -> dict:
     }
 
 
-def _rejected(task, item, samples, control):
-    """(the student's first wrong, non-empty answer, None), preferring ones that ended on their own, or (None, why
-    there is none). An answer holding control text is never used: trained on, it would forge a turn."""
+def _rejected(task, item, samples, control, pick: str = "first"):
+    """(the student's wrong, non-empty answer to use, None), preferring ones that ended on their own, or (None,
+    why there is none). `pick`: the first such answer, or the likeliest (highest summed log-prob under the
+    student), the mistake it would most likely make again. An answer holding control text is never used:
+    trained on, it would forge a turn."""
     wrong = [s for s in samples if s.text.strip() and not task.evaluate(item, s.text)]
     usable = [s for s in wrong if control.find(s.text) is None]
     finished = [s for s in usable if s.finished]
     if usable:
-        return (finished or usable)[0], None
+        candidates = finished or usable
+        if pick == "likeliest":
+            return max(candidates, key=lambda s: sum(s.logps)), None  # max keeps the first of equals
+        return candidates[0], None
     return None, "student_control_text" if wrong else "student_empty"
+
+
+def student_ranking(out: Path, student, batch_size: int = 16) -> dict | None:
+    """How hard the pairs are for the student: the share it already ranks right, chosen above rejected, by summed
+    and by per-token log-prob, and the mean summed margin (chosen minus rejected). Pairs the student already
+    ranks right teach DPO little; a pair of its own likely mistake against a chain it finds unlikely is a hard,
+    informative one. In bf16 where the processor has native bf16 (a forward pass over every pair is minutes in
+    float32 on a small CPU; a pair within a few tenths of a nat can rank the other way), else in float32. The
+    precision is recorded. Kept in `ranking.json`, recomputed only when the pair count changed. `student`: a
+    function giving (model, tokenizer), called only when there is something to compute."""
+    import torch
+
+    from alignkit.data.collate import load_pairs
+    from alignkit.models.load import bf16_is_fast
+    from alignkit.models.logprobs import SequenceLogps
+    from alignkit.models.reference import bf16_autocast, pair_logps
+
+    path, cache = out / "pairs.jsonl", out / "ranking.json"
+    if not path.exists():
+        return None
+    n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not n:
+        return None
+    if cache.exists():
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            saved = json.loads(cache.read_text(encoding="utf-8"))
+            if saved["pairs"] == n:
+                return saved
+    model, tokenizer = student()
+    pairs = load_pairs(str(path), tokenizer, max_length=1 << 20, max_prompt_length=1 << 20)
+    device = next(model.parameters()).device
+    autocast = bf16_autocast(device) if bf16_is_fast(device.type) else contextlib.nullcontext
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        rows = pair_logps(SequenceLogps(model), pairs, tokenizer.pad_token_id, batch_size, autocast, device)
+    model.train(was_training)
+    ranking = rank_summary(rows, "bf16" if autocast is not contextlib.nullcontext
+                           else str(next(model.parameters()).dtype))
+    cache.write_text(json.dumps(ranking, indent=1))
+    return ranking
+
+
+def rank_summary(rows: list[dict], precision: str) -> dict:
+    """The ranking figures of `alignkit logps`-style rows (chosen_logp, rejected_logp and token counts)."""
+    n = len(rows)
+    return {
+        "pairs": n,
+        "ranks_chosen_higher": round(sum(r["chosen_logp"] > r["rejected_logp"] for r in rows) / n, 4),
+        "ranks_chosen_higher_per_token": round(sum(r["chosen_logp"] / r["chosen_tokens"] >
+                                                   r["rejected_logp"] / r["rejected_tokens"] for r in rows) / n, 4),
+        "mean_margin": round(sum(r["chosen_logp"] - r["rejected_logp"] for r in rows) / n, 3),
+        "precision": precision,
+    }
+
+
+def ranking_from_reference(pairs_file: Path, cache_dir: Path, tokenizer, precision: str) -> dict | None:
+    """The same figures from a DPO run's reference-log-prob cache, when that run's reference was the student: no
+    forward pass of its own (the demo trains on the pairs against the model that made them). Over the pairs the
+    run visited."""
+    from alignkit.data.collate import load_pairs
+    from alignkit.models.reference import pair_key
+
+    cached = {}
+    for f in sorted(cache_dir.glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                row = json.loads(line)
+                cached[row["key"]] = row
+    pairs = load_pairs(str(pairs_file), tokenizer, max_length=1 << 20, max_prompt_length=1 << 20)
+    rows = [{**cached[k], "chosen_tokens": len(p.chosen_ids), "rejected_tokens": len(p.rejected_ids)}
+            for p in pairs if (k := pair_key(p)) in cached]
+    return rank_summary(rows, precision) if rows else None
 
 
 def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
@@ -152,9 +230,10 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             teacher = make_teacher(cfg.teacher, control)
             backend = LocalBackend(student, tokenizer, s.batch_size) if s.backend == "local" else \
                 from_config(s, tokenizer, None, s.model, out)
-            if s.backend == "local" and s.temperature == 1.0 and s.top_p == 1.0:
-                # Samples from the model's own distribution: their recorded log-probs are the model's
-                # log-probs of the rejected response, which `alignkit dpo` can use as reference.
+            if s.backend == "local":
+                # The sampler records the model's own log-probs of each token it picks (temperature 1, before
+                # top-p, whatever the temperature it sampled at): the reference log-prob of the rejected
+                # response when `alignkit dpo` starts from this model.
                 from alignkit.models.reference import model_fingerprint
 
                 sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
@@ -163,14 +242,15 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                                                unit="questions", write=log))
         for start in range(0, len(todo), cfg.chunk):
             chunk = todo[start:start + cfg.chunk]
-            samples = backend.generate([chat_prompt_ids(tokenizer, it.messages()) for it in chunk], n=s.samples,
+            samples = backend.generate([chat_prompt_ids(tokenizer, it.messages()) for it in chunk],
+                                       n=1 if s.temperature == 0 else s.samples,
                                        temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                        seed=s.seed, prompt_keys=[keys[it.id] for it in chunk])
             need, rejected = [], {}
             for item, item_samples in zip(chunk, samples):
                 correct = sum(task.evaluate(item, x.text) for x in item_samples)
                 base = {"id": item.id, "student_correct": correct, "student_samples": len(item_samples)}
-                choice, reason = _rejected(task, item, item_samples, control)
+                choice, reason = _rejected(task, item, item_samples, control, s.rejected)
                 if choice is None:
                     always_right = correct == len(item_samples)
                     record = {**base, "outcome": "skipped" if always_right else "dropped",
@@ -225,8 +305,19 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         if backend is not None:
             backend.close()
     summary = summarize(outcomes, len(items), retries)
+    if cfg.student.backend == "local" and cfg.rank:
+        summary["student_ranking"] = student_ranking(out, lambda: _student(cfg, student, tokenizer))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _student(cfg: PairsConfig, model, tokenizer):
+    """(model, tokenizer) of the student, loading what was not passed in."""
+    from alignkit.models.load import load_model, load_tokenizer
+
+    s = cfg.student
+    return (model if model is not None else load_model(s.model, trust_remote_code=s.trust_remote_code),
+            tokenizer if tokenizer is not None else load_tokenizer(s.model, s.trust_remote_code))
 
 
 def format_summary(summary: dict, out: str) -> str:
@@ -240,4 +331,9 @@ def format_summary(summary: dict, out: str) -> str:
         + ("".join(f"\n  {reason:<17}{n}" for reason, n in summary["dropped_by_reason"].items())),
         f"output             {out}/pairs.jsonl",
     ]
+    ranked = summary.get("student_ranking")
+    if ranked:
+        lines.insert(-1, f"student already ranks chosen higher  {ranked['ranks_chosen_higher']:.1%} of pairs by summed "
+                         f"log-prob, {ranked['ranks_chosen_higher_per_token']:.1%} per token (mean margin "
+                         f"{ranked['mean_margin']:+.1f} nats)")
     return "\n".join(lines)

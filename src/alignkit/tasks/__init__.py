@@ -25,12 +25,19 @@ def make_task(cfg) -> Task:
                             f"N = 1..6; or give a file)")
     from alignkit.tasks.arithmetic import Arithmetic
 
-    size = {cfg.split: cfg.limit} if cfg.limit else None
+    offset = getattr(cfg, "offset", 0)
+    size = {cfg.split: offset + cfg.limit} if cfg.limit else None
     return Arithmetic(OPS[m.group(1)], int(m.group(2)), tuple(cfg.languages), size=size, seed=cfg.seed)
 
 
 def task_items(task: Task, cfg) -> list[Item]:
-    items = task.items(cfg.split)
+    """The task's items of `cfg.split`: `cfg.limit` of them after the first `cfg.offset`. A built-in task draws
+    items in a fixed order, so (offset 0, limit 200) and (offset 200, limit 200) never share a question."""
+    offset = getattr(cfg, "offset", 0)
+    items = task.items(cfg.split)[offset:]
+    if cfg.limit and len(items) < cfg.limit and offset:
+        raise AlignkitError(f"task {task.name}: offset {offset} leaves {len(items)} {cfg.split} items, "
+                            f"{cfg.limit} were asked for")
     return items[: cfg.limit] if cfg.limit else items
 
 
