@@ -184,6 +184,23 @@ def pairs_build(
     print(build.format_summary(summary, cfg.output_dir))
 
 
+@pairs_app.command("slips")
+def pairs_slips(
+    task: str = typer.Option(..., help="built-in arithmetic task (addition-2d, subtraction-3d, multiplication-2d, ...)"),
+    out: str = typer.Option(..., help="the pairs file to write (JSONL: prompt, chosen, rejected, metadata)"),
+    split: str = typer.Option("train", help="train or heldout"),
+    limit: Optional[int] = typer.Option(None, min=1, help="the first N questions (default: the split's size)"),
+    offset: int = typer.Option(0, min=0, help="skip the first N questions"),
+    languages: str = typer.Option("en", help="en, zh or en,zh"),
+    seed: int = typer.Option(0, help="which questions are drawn, and which slips"),
+):
+    """Hard pairs for a reward model: the task solver's solution vs. the same with one slip and a wrong answer."""
+    from alignkit.pairs import slips
+
+    cfg = _task_config(task, split, limit, languages, seed, "question", "answer").model_copy(update={"offset": offset})
+    print(f"wrote {slips.write(cfg, out, seed)} pairs to {out}")
+
+
 @eval_app.command("accuracy")
 def eval_accuracy(
     model: str = typer.Option(..., help="model directory, hub id, .gguf file or alias"),

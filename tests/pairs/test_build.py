@@ -143,6 +143,7 @@ def test_endpoint_dying_mid_run_stops_cleanly_and_a_rerun_resumes(tiny_model, tm
     assert (out / "pairs.jsonl").read_text().startswith(first)  # nothing written before was lost or rewritten
 
 
+@pytest.mark.slow  # ~29 s; resuming after a stop is in the default suite (the endpoint dying mid-run)
 def test_sigkill_mid_run_then_rerun_gives_every_outcome_once(tiny_model, tmp_path):
     server = FakeTeacher(lambda q, a: "ok", delay=0.3)
     try:
@@ -365,3 +366,29 @@ def test_offset_gives_the_next_questions_of_the_same_draw():
     assert not {i.id for i in first} & {i.id for i in second}
     with pytest.raises(AlignkitError, match="distinct train questions exist, 5030 were asked for"):
         task_items(make_task(t := TaskConfig(name="addition-2d", split="train", limit=30, offset=5000)), t)
+
+
+def test_slip_pairs_cli_writes_hard_pairs(tmp_path, capsys):
+    """`pairs slips`: chosen is the solver's (right), rejected the same steps with one slip (wrong); rows follow
+    the questions of the split asked for, offset and all; a task without slips, or bad options, is a clear error."""
+    out = tmp_path / "slips.jsonl"
+    main(["pairs", "slips", "--task", "subtraction-2d", "--split", "heldout", "--limit", "20", "--offset", "5",
+          "--languages", "en,zh", "--out", str(out)])
+    assert "wrote 20 pairs" in capsys.readouterr().out
+    rows = _read(out)
+    cfg = TaskConfig(name="subtraction-2d", split="heldout", limit=20, offset=5, languages=["en", "zh"])
+    task = make_task(cfg)
+    items = task_items(task, cfg)
+    assert [r["metadata"]["id"] for r in rows] == [i.id for i in items]
+    for row, item in zip(rows, items):
+        assert row["prompt"] == item.messages()
+        assert task.evaluate(item, row["chosen"][0]["content"])
+        assert not task.evaluate(item, row["rejected"][0]["content"])
+        assert row["metadata"]["rejected_answer"] != item.answer
+    assert {r["metadata"]["language"] for r in rows} == {"en", "zh"}
+    for args, message in ((["--task", str(out)], "has no slips"), (["--task", "addition-1d", "--limit", "500"],
+                                                                   "distinct train questions")):
+        with pytest.raises(SystemExit):
+            main(["pairs", "slips", *args, "--out", str(tmp_path / "x.jsonl")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

@@ -85,3 +85,32 @@ def test_bad_arguments():
         Arithmetic("add", 1, size={"train": 1000}).items("train")
     with pytest.raises(AlignkitError, match="unknown split"):
         Arithmetic("add", 2).items("test")
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+@pytest.mark.parametrize("digits", [1, 2, 3])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_slip_is_one_mistake_carried_to_a_wrong_answer(op, digits, lang):
+    import random
+
+    task = Arithmetic(op, digits, (lang,), size={"train": 30, "heldout": 5})
+    rng, kinds = random.Random(0), set()
+    for item in task.items("train"):
+        right, slipped = task.solve(item), task.slip(item, rng)
+        assert not task.evaluate(item, slipped), (item.question, slipped)
+        good, bad = right.splitlines(), slipped.splitlines()
+        assert len(good) == len(bad)  # the same steps, in the same words
+        assert bad[-1].startswith("Answer: " if lang == "en" else "答案：")
+        changed = [i for i, (x, y) in enumerate(zip(good, bad)) if x != y]
+        assert changed and changed[-1] == len(bad) - 1  # the slip reaches the answer line
+        # Either one written step is false, or every step is true and one used a misread operand digit.
+        a, b = str(item.meta["a"]), str(item.meta["b"])
+        if wrong_step(slipped) is None:
+            first = bad[changed[0]]
+            assert op != "mul" and first != good[changed[0]] and (a not in first or b not in first or digits == 1)
+            kinds.add("operand")
+        else:
+            kinds.add("false step")
+    assert "false step" in kinds
+    again = [task.slip(i, random.Random(0)) for i in task.items("train")[:5]]
+    assert again == [task.slip(i, random.Random(0)) for i in task.items("train")[:5]]  # seeded: reproducible

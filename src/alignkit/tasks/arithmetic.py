@@ -121,26 +121,77 @@ class Arithmetic(Task):
         model reads numbers as wholes: trained on column solutions, SmolLM2-135M lost track of which digit was
         which (38% held-out accuracy against 86% with this format, same pairs and steps).
         """
+        return self._worked(item)
+
+    def slip(self, item: Item, rng: random.Random) -> str:
+        """`solve`'s solution with one mistake of the kinds a small model makes in it, carried through to a wrong
+        answer, the rest unchanged: a place's sum (or a partial product) off by a unit of its place, a digit of an
+        operand misread in its step, the carry dropped from a place sum ("Ones: 6 + 7 = 3"), or the steps right
+        and the total wrong. Hard negatives for a reward model (`alignkit pairs slips`): the text differs from
+        the right solution in a number or two."""
+        right = self.answer_value(item)
+        for _ in range(100):
+            text, value = self._worked(item, rng)
+            if value != right and (self.op != "add" or value >= 0):
+                return text
+        raise AlignkitError(f"arithmetic task {self.name}: no slip found for {item.id}")  # pragma: no cover
+
+    def answer_value(self, item: Item) -> int:
+        a, b = item.meta["a"], item.meta["b"]
+        return {"add": a + b, "sub": a - b, "mul": a * b}[self.op]
+
+    def _worked(self, item: Item, rng: random.Random | None = None):
+        """The worked solution; with `rng`, one random slip in it, and (text, the answer it ends with)."""
         a, b, lang = item.meta["a"], item.meta["b"], item.language
         w, stop, colon = WORDS[lang], STOP[lang], COLON[lang]
         lines = []
         if self.op == "mul":
             parts = [p for p in _place_values(b) if p] or [0]
+            products = [a * p for p in parts]
+            total = a * b
+            if rng is not None:
+                unit = 10 ** rng.randrange(len(str(max(total, 1))))
+                if len(parts) > 1 and rng.random() < 0.3:
+                    total += rng.choice([-1, 1]) * unit
+                else:
+                    i = rng.randrange(len(parts))
+                    products[i] += rng.choice([-1, 1]) * (parts[i] if rng.random() < 0.5 else unit)
+                    total = sum(products)
             if len(parts) > 1:
                 lines.append(w["split"].format(b=b, parts=" + ".join(map(str, parts))))
-            lines += [f"{a} × {p} = {a * p}{stop}" for p in parts]
+            lines += [f"{a} × {p} = {q}{stop}" for p, q in zip(parts, products)]
             if len(parts) > 1:
-                lines.append(f"{w['total']}{colon}{_signed_sum([a * p for p in parts])} = {a * b}{stop}")
+                lines.append(f"{w['total']}{colon}{_signed_sum(products)} = {total}{stop}")
         else:
             sign = 1 if self.op == "add" else -1
             xs, ys = _place_values(a), _place_values(b)
             width = max(len(xs), len(ys))
             xs, ys = [0] * (width - len(xs)) + xs, [0] * (width - len(ys)) + ys
-            sums = []
+            sums = [x + sign * y for x, y in zip(xs, ys)]
+            total = a + sign * b
+            if rng is not None:
+                kinds = ["place", "operand"] + (["total"] if width > 1 else [])
+                kinds += ["carry"] if self.op == "add" and width > 1 and sums[-1] >= 10 else []
+                kind, i = rng.choice(kinds), rng.randrange(width)
+                unit = 10 ** (width - 1 - i)
+                if kind == "total":
+                    total += rng.choice([-1, 1]) * 10 ** rng.randrange(width + 1)
+                else:
+                    if kind == "place":
+                        sums[i] += rng.choice([-1, 1]) * unit * rng.choice([1, 1, 2])
+                    elif kind == "carry":
+                        sums[-1] -= 10
+                    else:  # an operand's digit read one off in its step
+                        digit = xs[i] // unit
+                        low = 1 if i == 0 and width > 1 else 0
+                        digit += rng.choice([d for d in (-1, 1) if low <= digit + d <= 9])
+                        xs[i] = digit * unit
+                        sums[i] = xs[i] + sign * ys[i]
+                    total = sum(sums)
             for i, (x, y) in enumerate(zip(xs, ys)):
-                sums.append(x + sign * y)
-                lines.append(f"{PLACES[lang][width - 1 - i]}{colon}{x} {SYMBOL[self.op]} {y} = {sums[-1]}{stop}")
+                lines.append(f"{PLACES[lang][width - 1 - i]}{colon}{x} {SYMBOL[self.op]} {y} = {sums[i]}{stop}")
             if width > 1:
-                lines.append(f"{w['total']}{colon}{_signed_sum(sums)} = {a + sign * b}{stop}")
-        lines.append(ANSWER_LINE[lang].format(answer=item.answer))
-        return "\n".join(lines)
+                lines.append(f"{w['total']}{colon}{_signed_sum(sums)} = {total}{stop}")
+        lines.append(ANSWER_LINE[lang].format(answer=total))
+        text = "\n".join(lines)
+        return text if rng is None else (text, total)
