@@ -50,3 +50,23 @@ def test_rm_score_refuses_a_plain_language_model(tiny_model, tmp_path, capsys):
         main(["rm", "score", "--model", str(tiny_model), "--data", str(HELD), "--out", str(tmp_path / "s.jsonl")])
     assert e.value.code == 2
     assert "not a reward or value model" in capsys.readouterr().err
+
+
+def test_a_reward_model_trained_further_starts_from_its_own_head(tiny_model, tmp_path, capsys):
+    """model.path a reward model: its saved head is the start, as TRL's sequence-classification model keeps its
+    score layer. With a vanishing learning rate, the second run's held-out figures are the first model's scores."""
+    first, second = tmp_path / "rm1", tmp_path / "rm2"
+    for path, run, lr in ((tiny_model, first, "1.0e-3"), (first / "final", second, "1.0e-12")):
+        cfg = tmp_path / "rm.yaml"
+        cfg.write_text(f"model:\n  path: {path}\ndata:\n  train: {DATA}\n  eval: {HELD}\n  max_length: 160\n"
+                       f"  max_prompt_length: 96\ntrain:\n  output_dir: {run}\n  batch_size: 8\n"
+                       f"  micro_batch_size: 8\n  lr: {lr}\n  max_steps: 2\n  eval_batch_size: 40\n")
+        main(["rm", "--config", str(cfg)])
+    capsys.readouterr()
+    main(["rm", "score", "--model", str(first / "final"), "--data", str(HELD), "--out", str(tmp_path / "s.jsonl"),
+          "--max-length", "160", "--max-prompt-length", "96"])
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()][-1]
+    assert abs(scored["margin"]) > 1e-3  # the first model tells pairs apart: a fresh head would not match it
+    assert logged["eval_margin"] == pytest.approx(scored["margin"], abs=1e-4)
+    assert logged["eval_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)

@@ -71,15 +71,24 @@ def save_scalar_model(module: ScalarHead, tokenizer, dest: Path, merge: bool, ki
 
 
 def load_scalar_model(path: str, dtype: str = "float32") -> ScalarHead:
-    from safetensors.torch import load_file
-
     from alignkit.models.load import load_model, resolve
 
     where = Path(resolve(path))
     if not (where / MARKER).is_file():
         raise AlignkitError(f"model '{path}': not a reward or value model (no {MARKER}; train one with alignkit rm)")
-    model = load_model(str(where), dtype)
+    return ScalarHead(load_model(str(where), dtype), saved_head(where))
+
+
+def saved_head(path: str | Path) -> nn.Linear | None:
+    """The scalar head saved with a reward or value model at `path`; None for any other model. A reward model
+    trained further (`alignkit rm` with model.path a reward model, as TRL's AutoModelForSequenceClassification
+    keeps its score layer) starts from its own head, not a fresh one."""
+    from safetensors.torch import load_file
+
+    where = Path(path)
+    if not (where / MARKER).is_file():
+        return None
     state = load_file(str(where / HEAD_FILE))
     head = nn.Linear(state["weight"].shape[1], 1)
     head.load_state_dict(state)
-    return ScalarHead(model, head)
+    return head

@@ -224,7 +224,7 @@ def fresh_module(cfg, head: str = "logps") -> nn.Module:
 
 
 def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
-    from alignkit.models.heads import ScalarHead
+    from alignkit.models.heads import ScalarHead, saved_head
     from alignkit.models.logprobs import SequenceLogps
 
     m, t = cfg.model, cfg.train
@@ -244,7 +244,10 @@ def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
         model.config.use_cache = False
     if m.lora is not None:
         model = add_lora(model, m.lora)
-    module = ScalarHead(model) if head == "scalar" else SequenceLogps(model, t.logits_chunk, t.share_prompts)
+    if head == "scalar":  # a reward model trained further keeps its head
+        module = ScalarHead(model, saved_head(m.path))
+    else:
+        module = SequenceLogps(model, t.logits_chunk, t.share_prompts)
     return model, module
 
 
