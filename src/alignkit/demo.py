@@ -26,6 +26,7 @@ from pathlib import Path
 
 from alignkit.config import (DataConfig, DPOConfig, LoraConfig, LossConfig, ModelConfig, PairsConfig,
                              ReferenceConfig, StudentConfig, TaskConfig, TeacherConfig, TrainConfig)
+from alignkit.data.jsonl import count_records, read_jsonl, write_jsonl
 
 
 def _say(msg: str) -> None:
@@ -72,7 +73,6 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
         epochs: float = 1.0, seed: int = 0, max_new_tokens: int | None = None, language: str = "en", rounds: int = 1,
         temperature: float = 1.0, rejected: str = "first") -> dict:
     from alignkit.algos import dpo
-    from alignkit.data.jsonl import write_jsonl
     from alignkit.models.load import bf16_is_fast, load_model, load_tokenizer
     from alignkit.pairs import build
 
@@ -128,9 +128,8 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
         if k > 1:
             train_file = d / "train-pairs.jsonl"
             if not train_file.exists():
-                write_jsonl(train_file, [json.loads(line) for j in range(1, k + 1)
-                                         for line in (_round_dir(run_dir, j) / "pairs" / "pairs.jsonl")
-                                         .read_text(encoding="utf-8").splitlines() if line.strip()])
+                write_jsonl(train_file, [row for j in range(1, k + 1)
+                                         for row in read_jsonl(_round_dir(run_dir, j) / "pairs" / "pairs.jsonl")])
         bf16 = bf16_is_fast("cpu")
         dpo_cfg = DPOConfig(
             model=ModelConfig(path=str(current), lora=LoraConfig(r=16, alpha=32, merge=True)),
@@ -147,7 +146,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
         if (final / "config.json").exists():
             _say(f"[dpo{tag}] reusing {final}")
         else:
-            total = sum(1 for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip())
+            total = count_records(train_file)
             _say(f"[dpo{tag}] training on {total} pairs" + (f" (this round's {pair_summary['pairs']} and the earlier "
                                                               f"rounds')" if k > 1 else "") + " ...")
             dpo.run(dpo_cfg)
@@ -244,8 +243,6 @@ def _group_rows(base: list[dict], trained: list[list[dict]]) -> list[list[str]]:
     return rows
 
 
-def _results(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def write_report(run_dir: Path, s: dict) -> Path:
@@ -266,8 +263,8 @@ def write_report(run_dir: Path, s: dict) -> Path:
         (f"<h3>round {x['round']}</h3>" if len(rounds) > 1 else "")
         + f"<div class='plots'>{r.metric_plots(r.read_metrics(d / 'dpo' / 'metrics.jsonl'), groups, every=r.log_every(d / 'dpo' / 'config.yaml'))}</div>"
         for x, d in zip(rounds, dirs))
-    base = _results(run_dir / "eval-base" / "results.jsonl")
-    trained = [_results(d / "eval-trained" / "results.jsonl") for d in dirs]
+    base = read_jsonl(run_dir / "eval-base" / "results.jsonl")
+    trained = [read_jsonl(d / "eval-trained" / "results.jsonl") for d in dirs]
     after = ["after"] if len(rounds) == 1 else [f"after round {x['round']}" for x in rounds]
     acc_rows = [["all held-out questions", f"{s['accuracy_before']:.1%}"] + [f"{x['accuracy']:.1%}" for x in rounds]]
     if s.get("accuracy_reserved_after") is not None:
@@ -281,7 +278,7 @@ def write_report(run_dir: Path, s: dict) -> Path:
                            f"{x['student_accuracy']:.1%}",
                            f"{ranked['ranks_chosen_higher']:.1%}" if ranked else "-",
                            f"{ranked['mean_margin']:+.1f}" if ranked else "-", s["teacher"]])
-    pairs = [json.loads(line) for line in (run_dir / "pairs" / "pairs.jsonl").read_text().splitlines()[:5]]
+    pairs = read_jsonl(run_dir / "pairs" / "pairs.jsonl")[:5]
     pair_html = "".join(
         f"<h3>{r.html.escape(p['metadata']['question'])} (answer {p['metadata']['answer']})</h3><div class='pair'>"
         f"<div><b class='ok'>chosen</b> ({r.html.escape(p['metadata']['teacher'])}){r.pre(p['chosen'][0]['content'])}</div>"

@@ -22,13 +22,28 @@ def repair(path: Path) -> list[dict]:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
+    return _parse(path, data[:end], "; move the file away to start over")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file this project wrote (a pairs file, results.jsonl); blank lines skipped."""
+    return _parse(path, path.read_bytes(), "")
+
+
+def count_records(path: Path) -> int:
+    """How many records (non-blank lines) a JSONL file has, without parsing them."""
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _parse(path: Path, data: bytes, hint: str) -> list[dict]:
     records = []
-    for number, line in enumerate(data[:end].splitlines(), 1):
+    for number, line in enumerate(data.splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise AlignkitError(f"{path}: line {number}: not valid JSON (edited by hand?); move the file away to start over") from None
+                raise AlignkitError(f"{path}: line {number}: not valid JSON (edited by hand?){hint}") from None
     return records
 
 

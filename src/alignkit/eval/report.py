@@ -368,7 +368,9 @@ def pairs_built(pairs_dir: Path) -> int | None:
     path = pairs_dir / "pairs.jsonl"
     if not path.is_file():
         return None
-    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    from alignkit.data.jsonl import count_records
+
+    return count_records(path)
 
 
 def versions() -> dict[str, str]:

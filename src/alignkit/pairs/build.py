@@ -129,6 +129,7 @@ def student_ranking(out: Path, student, batch_size: int = 16) -> dict | None:
     import torch
 
     from alignkit.data.collate import load_pairs
+    from alignkit.data.jsonl import count_records
     from alignkit.models.load import bf16_is_fast
     from alignkit.models.logprobs import SequenceLogps
     from alignkit.models.reference import bf16_autocast, pair_logps
@@ -136,7 +137,7 @@ def student_ranking(out: Path, student, batch_size: int = 16) -> dict | None:
     path, cache = out / "pairs.jsonl", out / "ranking.json"
     if not path.exists():
         return None
-    n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    n = count_records(path)
     if not n:
         return None
     if cache.exists():
