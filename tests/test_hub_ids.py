@@ -126,6 +126,7 @@ def _pairs_repo(tmp_path, rows: int = 6) -> Path:
     return repo
 
 
+@pytest.mark.slow  # ~24 s; the offline and local-path rules stay in the default suite
 def test_hub_ids_download_when_online_then_load_from_the_cache_offline_and_unreachable(tiny_model, tmp_path):
     hub = FakeHub({"models/alignkit-tests/tiny": tiny_model, "datasets/alignkit-tests/pairs": _pairs_repo(tmp_path)})
     args = ["logps", "--model", "alignkit-tests/tiny", "--data", "alignkit-tests/pairs"]

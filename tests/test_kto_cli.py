@@ -156,6 +156,7 @@ def test_each_loss_type_trains(loss_type, tiny_model, tmp_path, capsys):
     assert "data: 800 training completions (400 desirable, 400 undesirable), 20 held-out" in out
 
 
+@pytest.mark.slow  # ~15 s; the reference modes (models/reference.py) are in the default suite through test_dpo_cli
 def test_reference_modes_agree(tiny_model, tmp_path):
     """Cached and frozen copy give the same trajectory; so do a LoRA run's cached and adapter-off references."""
     cfg = _config(tmp_path, tiny_model, max_steps=3)
@@ -201,6 +202,7 @@ def _cli(*args):
     return [sys.executable, "-m", "alignkit.cli", *args]
 
 
+@pytest.mark.slow  # ~22 s; the training loop's two-process path is in the default suite through test_dpo_cli
 def test_two_processes_match_one(tiny_model, tmp_path):
     """DDP over gloo, 2 processes x 1 micro-batch of 2 == 1 process x 2 micro-batches of 2: z0 is summed over
     the processes (each holds half the step's mismatched pairs)."""

@@ -299,7 +299,8 @@ def test_a_judge_ranks_the_samples(tiny_model, tmp_path, capsys):
     assert sum(m["pairs"] for m in metrics) == sum(any(r["pair"] for r in g) for g in groups.values())
 
 
-@pytest.mark.parametrize("reward", ["by_length", "only_item"])
+# only_item (~17 s) is in the slow suite; by_length keeps the two-process path in the default one
+@pytest.mark.parametrize("reward", ["by_length", pytest.param("only_item", marks=pytest.mark.slow)])
 def test_two_processes_match_one(tiny_model, tmp_path, reward):
     """Each process samples and ranks its own prompts (seeded per prompt); the loss is the mean over all pairs.
     only_item: only the first prompt of step 1 (process 0's) gives a pair, so process 1 joins the step's gradient

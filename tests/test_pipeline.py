@@ -59,6 +59,7 @@ def test_sft_rm_ppo_dpo_hand_over_models(tiny_model, tmp_path, capsys):
     assert capsys.readouterr().out.count("done earlier") == 4
 
 
+@pytest.mark.slow  # ~50 s; completed stages kept is in the default suite, a stage's own resume in test_dpo_cli
 def test_killed_mid_stage_resumes_at_that_stage(tiny_model, tmp_path):
     recipe = _recipe(tmp_path, tiny_model, ppo_steps=40)
     out = tmp_path / "out"

@@ -282,7 +282,8 @@ def _two_processes(args: list[str], port: int, timeout: int = 300) -> subprocess
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("grpo", ["", "  advantage: reinforce++\n"])
+# REINFORCE++ over two processes (~17 s) is in the slow suite; GRPO over two processes stays in the default one
+@pytest.mark.parametrize("grpo", ["", pytest.param("  advantage: reinforce++\n", marks=pytest.mark.slow)])
 def test_grpo_two_processes_match_one(tiny_model, tmp_path, grpo):
     """Each process samples and scores its own prompts; the step's losses and gradients equal one process's
     (REINFORCE++ normalises over the global batch: its moments are summed over processes; its KL is in the

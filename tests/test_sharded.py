@@ -49,7 +49,9 @@ def _metrics(run):
 
 
 @pytest.mark.parametrize("command, keys", [("dpo", ("loss", "rewards/margins", "grad_norm")),
-                                           ("sft", ("loss", "grad_norm")), ("rm", ("loss", "accuracy", "grad_norm"))])
+                                           ("sft", ("loss", "grad_norm")),
+                                           pytest.param("rm", ("loss", "accuracy", "grad_norm"),
+                                                        marks=pytest.mark.slow)])  # rm: ~17 s, slow suite
 def test_fsdp_two_processes_match_one(command, keys, tiny_model, tmp_path):
     cfg = _config(tmp_path, tiny_model, command)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -71,6 +73,7 @@ def test_fsdp_two_processes_match_one(command, keys, tiny_model, tmp_path):
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
 
 
+@pytest.mark.slow  # ~42 s; a killed run's resume is in the default suite through test_dpo_cli (one process)
 def test_fsdp_killed_run_resumes_to_the_uninterrupted_trajectory(tiny_model, tmp_path):
     """SIGKILL the launcher's process group once step 2's sharded checkpoint is in place; the same command
     resumes from it (the model and optimizer shards through Accelerate's load_state) to the same losses; the

@@ -90,6 +90,8 @@ def test_an_engine_that_is_not_there_is_one_line(tiny_model, tmp_path):
     assert len(errors) == 1 and url in errors[0], proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # ~110 s (two engine starts); an engine killed during generation and during a sync is in the
+# default suite (test_vllm_faults), and a killed run's resume (test_dpo_cli)
 def test_engine_killed_mid_run_stops_with_the_step_then_a_rerun_resumes(second_engine, smol, tmp_path):
     """Step 2's reward function pauses; the test kills the engine, lets step 2 finish (its checkpoint is
     written), and step 3's weight sync meets a dead engine: exit ≠ 0 and one line naming the engine and the step.
