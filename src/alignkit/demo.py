@@ -243,8 +243,6 @@ def _group_rows(base: list[dict], trained: list[list[dict]]) -> list[list[str]]:
     return rows
 
 
-
-
 def write_report(run_dir: Path, s: dict) -> Path:
     from alignkit.eval import report as r
 

@@ -385,6 +385,8 @@ def test_slip_pairs_cli_writes_hard_pairs(tmp_path, capsys):
         assert task.evaluate(item, row["chosen"][0]["content"])
         assert not task.evaluate(item, row["rejected"][0]["content"])
         assert row["metadata"]["rejected_answer"] != item.answer
+        assert row["rejected"][0]["content"].endswith(row["metadata"]["rejected_answer"])
+        assert row["metadata"]["rejected_answer"] == str(int(row["metadata"]["rejected_answer"]))  # the number alone
     assert {r["metadata"]["language"] for r in rows} == {"en", "zh"}
     for args, message in ((["--task", str(out)], "has no slips"), (["--task", "addition-1d", "--limit", "500"],
                                                                    "distinct train questions")):

@@ -21,6 +21,7 @@ def slip_pairs(task_cfg, seed: int = 0) -> list[dict]:
     """One pair per question of the task config's split: TRL conversational rows with the question's id, right
     answer and the slipped answer in `metadata`."""
     from alignkit.tasks import make_task, task_items
+    from alignkit.tasks.extract import extract_answer
 
     task = make_task(task_cfg)
     if not hasattr(task, "slip"):
@@ -34,7 +35,7 @@ def slip_pairs(task_cfg, seed: int = 0) -> list[dict]:
             "chosen": [{"role": "assistant", "content": task.solve(item)}],
             "rejected": [{"role": "assistant", "content": rejected}],
             "metadata": {"task": task.name, "id": item.id, "answer": item.answer,
-                         "rejected_answer": rejected.rsplit(maxsplit=1)[-1], "language": item.language},
+                         "rejected_answer": extract_answer(rejected), "language": item.language},
         })
     return rows
 
