@@ -195,7 +195,7 @@ def cached_tables(cfg, fingerprint: str, policy, needed: dict[str, list[Tokenize
     t = cfg.train
     cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else cache_root() / "ref-logps"
     path = cache_dir / f"{hashlib.sha256(f'{fingerprint}|bf16={t.bf16}|v1'.encode()).hexdigest()[:32]}.jsonl"
-    known = _read_cache(path)
+    known = read_cache(path)
     wanted = {pair_key(p): p for pairs in needed.values() for p in pairs}
     missing = [p for k, p in wanted.items() if k not in known]
     if missing and run.accelerator.is_main_process:
@@ -221,7 +221,7 @@ def cached_tables(cfg, fingerprint: str, policy, needed: dict[str, list[Tokenize
         print(f"reference log-probs: reused cache {path} for all {len(wanted)} pairs")
     run.accelerator.wait_for_everyone()
     if missing:  # the main process appended them
-        known = _read_cache(path)
+        known = read_cache(path)
     return {split: TableReference({p.row: known[pair_key(p)] for p in pairs}) for split, pairs in needed.items()}
 
 
@@ -267,7 +267,8 @@ def _read_sequences(path: Path) -> dict[str, float]:
     return known
 
 
-def _read_cache(path: Path) -> dict[str, tuple[float, float]]:
+def read_cache(path: Path) -> dict[str, tuple[float, float]]:
+    """A pair cache file's (chosen, rejected) reference log-probs by pair key; torn or foreign lines skipped."""
     known = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():

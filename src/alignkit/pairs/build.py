@@ -178,17 +178,14 @@ def ranking_from_reference(pairs_file: Path, cache_dir: Path, tokenizer, precisi
     forward pass of its own (the demo trains on the pairs against the model that made them). Over the pairs the
     run visited."""
     from alignkit.data.collate import load_pairs
-    from alignkit.models.reference import pair_key
+    from alignkit.models.reference import pair_key, read_cache
 
     cached = {}
     for f in sorted(cache_dir.glob("*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                row = json.loads(line)
-                cached[row["key"]] = row
+        cached.update(read_cache(f))
     pairs = load_pairs(str(pairs_file), tokenizer, max_length=1 << 20, max_prompt_length=1 << 20)
-    rows = [{**cached[k], "chosen_tokens": len(p.chosen_ids), "rejected_tokens": len(p.rejected_ids)}
-            for p in pairs if (k := pair_key(p)) in cached]
+    rows = [{"chosen_logp": cached[k][0], "rejected_logp": cached[k][1], "chosen_tokens": len(p.chosen_ids),
+             "rejected_tokens": len(p.rejected_ids)} for p in pairs if (k := pair_key(p)) in cached]
     return rank_summary(rows, precision) if rows else None
 
 
