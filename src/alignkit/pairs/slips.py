@@ -24,12 +24,12 @@ def slip_pairs(task_cfg, seed: int = 0) -> list[dict]:
     from alignkit.tasks.extract import extract_answer
 
     task = make_task(task_cfg)
-    if not hasattr(task, "slip"):
-        raise AlignkitError(f"task {task.name}: it has no slips to make pairs from (built-in arithmetic tasks do)")
     rng = random.Random(f"slips:{seed}")
     rows = []
     for item in task_items(task, task_cfg):
         rejected = task.slip(item, rng)
+        if rejected is None:
+            raise AlignkitError(f"task {task.name}: it has no slips to make pairs from (built-in arithmetic tasks do)")
         rows.append({
             "prompt": item.messages(),
             "chosen": [{"role": "assistant", "content": task.solve(item)}],

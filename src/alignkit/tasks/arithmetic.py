@@ -58,6 +58,10 @@ def _place_values(n: int) -> list[int]:
     return [sign * int(d) * 10 ** (len(digits) - 1 - i) for i, d in enumerate(digits)]
 
 
+def _result(op: str, a: int, b: int) -> int:
+    return {"add": a + b, "sub": a - b, "mul": a * b}[op]
+
+
 def _signed_sum(parts: list[int]) -> str:
     """[70, -5, 3] -> '70 - 5 + 3'."""
     text = str(parts[0])
@@ -103,9 +107,9 @@ class Arithmetic(Task):
             common, reserved = PHRASINGS[(self.op, lang)]
             choices = common + reserved if split == "heldout" else common
             k = rng.randrange(len(choices))
-            answer = {"add": a + b, "sub": a - b, "mul": a * b}[self.op]
             items.append(Item(
-                id=f"{self.name}:{a}{SYMBOL[self.op]}{b}", question=choices[k].format(a=a, b=b), answer=str(answer),
+                id=f"{self.name}:{a}{SYMBOL[self.op]}{b}", question=choices[k].format(a=a, b=b),
+                answer=str(_result(self.op, a, b)),
                 language=lang, meta={"a": a, "b": b, "op": self.op, "phrasing": k, "reserved": k >= len(common)},
             ))
         if len(items) < wanted:
@@ -121,7 +125,7 @@ class Arithmetic(Task):
         model reads numbers as wholes: trained on column solutions, SmolLM2-135M lost track of which digit was
         which (38% held-out accuracy against 86% with this format, same pairs and steps).
         """
-        return self._worked(item)
+        return self._worked(item)[0]
 
     def slip(self, item: Item, rng: random.Random) -> str:
         """`solve`'s solution with one mistake of the kinds a small model makes in it, carried through to a wrong
@@ -129,26 +133,22 @@ class Arithmetic(Task):
         operand misread in its step, the carry dropped from a place sum ("Ones: 6 + 7 = 3"), or the steps right
         and the total wrong. Hard negatives for a reward model (`alignkit pairs slips`): the text differs from
         the right solution in a number or two."""
-        right = self.answer_value(item)
+        right = _result(self.op, item.meta["a"], item.meta["b"])
         for _ in range(100):
             text, value = self._worked(item, rng)
             if value != right and (self.op != "add" or value >= 0):
                 return text
         raise AlignkitError(f"arithmetic task {self.name}: no slip found for {item.id}")  # pragma: no cover
 
-    def answer_value(self, item: Item) -> int:
-        a, b = item.meta["a"], item.meta["b"]
-        return {"add": a + b, "sub": a - b, "mul": a * b}[self.op]
-
-    def _worked(self, item: Item, rng: random.Random | None = None):
-        """The worked solution; with `rng`, one random slip in it, and (text, the answer it ends with)."""
+    def _worked(self, item: Item, rng: random.Random | None = None) -> tuple[str, int]:
+        """(the worked solution, the answer it ends with); with `rng`, one random slip in it."""
         a, b, lang = item.meta["a"], item.meta["b"], item.language
         w, stop, colon = WORDS[lang], STOP[lang], COLON[lang]
         lines = []
         if self.op == "mul":
             parts = [p for p in _place_values(b) if p] or [0]
             products = [a * p for p in parts]
-            total = a * b
+            total = _result(self.op, a, b)
             if rng is not None:
                 unit = 10 ** rng.randrange(len(str(max(total, 1))))
                 if len(parts) > 1 and rng.random() < 0.3:
@@ -168,7 +168,7 @@ class Arithmetic(Task):
             width = max(len(xs), len(ys))
             xs, ys = [0] * (width - len(xs)) + xs, [0] * (width - len(ys)) + ys
             sums = [x + sign * y for x, y in zip(xs, ys)]
-            total = a + sign * b
+            total = _result(self.op, a, b)
             if rng is not None:
                 kinds = ["place", "operand"] + (["total"] if width > 1 else [])
                 kinds += ["carry"] if self.op == "add" and width > 1 and sums[-1] >= 10 else []
@@ -193,5 +193,4 @@ class Arithmetic(Task):
             if width > 1:
                 lines.append(f"{w['total']}{colon}{_signed_sum(sums)} = {total}{stop}")
         lines.append(ANSWER_LINE[lang].format(answer=total))
-        text = "\n".join(lines)
-        return text if rng is None else (text, total)
+        return "\n".join(lines), total

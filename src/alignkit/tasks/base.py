@@ -47,6 +47,11 @@ class Task:
         """A step-by-step solution ending in the answer line, or None when the task has no solver."""
         return None
 
+    def slip(self, item: Item, rng) -> str | None:
+        """`solve`'s solution with one mistake carried to a wrong answer (hard pairs for a reward model), or None
+        when the task cannot make one."""
+        return None
+
 
 def no_answer(item: Item) -> str:
     """Why `item` cannot be graded: it has no gold answer (a prompt file without the answer field in that row)."""
