@@ -308,3 +308,28 @@ def test_timeouts_conflicts_rate_limits_and_5xx_are_retried(status):
         client = ChatClient(url, "m", max_retries=2, backoff=0.01, role="judge")
         reply = client.complete([{"role": "user", "content": "hi"}])
     assert (reply.text, reply.retries, len(got)) == ("fine", 2, 3)
+
+
+@pytest.mark.parametrize("statuses, error", [([400, 400, 400], "EndpointMisconfigured"), ([404], "EndpointMisconfigured"),
+                                             ([503, 503], "EndpointUnavailable")])
+def test_a_client_that_gave_up_on_its_endpoint_sends_nothing_more(statuses, error):
+    """After the error that stops it, every later call (from any thread, queued before or after) raises the same
+    error without a request, so parallel work cannot keep hitting an endpoint already known to be wrong."""
+    from alignkit.generation import openai_client
+    from alignkit.generation.openai_client import ChatClient, in_parallel
+
+    messages = [{"role": "user", "content": "hi"}]
+    with endpoint(_scripted(statuses + [200] * 20)) as (url, got):
+        client = ChatClient(url, "m", max_retries=1, backoff=0.01, role="teacher")
+        with pytest.raises(getattr(openai_client, error)) as first:
+            for _ in statuses:
+                client.complete(messages)
+        sent = len(got)
+        assert sent == len(statuses)
+        for _ in range(3):
+            with pytest.raises(getattr(openai_client, error), match="teacher endpoint") as again:
+                client.complete(messages)
+            assert str(again.value) == str(first.value)
+        with pytest.raises(getattr(openai_client, error)):
+            list(in_parallel(client.complete, [messages] * 8, concurrency=4))
+        assert len(got) == sent

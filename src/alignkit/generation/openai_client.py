@@ -17,6 +17,8 @@ Failures are sorted by whose fault they are:
 - Anything wrong with an answered reply (empty content) is returned as `Reply(text=None, error=reason)`.
 Both exceptions are `EndpointError`s: callers stop and let a rerun resume rather than throw questions away. Their
 one-line message names the role (teacher, judge), the URL, the model, the HTTP status and the server's message.
+Once a client has raised one, it sends nothing more: every later `complete` (from any thread) raises the same
+error at once, so the requests other threads had queued never reach an endpoint already known to be wrong.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class ChatClient:
         self.answered = 0  # requests answered with a chat completion: the endpoint works
         self._failed_in_a_row = 0  # client errors since the last answered request
         self._last_failure = ""  # the latest client error, as `HTTP 404 "server's message"`
+        self._gave_up: EndpointError | None = None  # the error that stopped this client; later calls raise it
 
     def _where(self) -> str:
         return f"{self.role} endpoint {self.base_url}, model '{self.model}'"
@@ -117,8 +120,20 @@ class ChatClient:
         return None
 
     def complete(self, messages: list[dict], **params) -> Reply:
+        try:
+            return self._complete(messages, params)
+        except EndpointError as exc:
+            with self._lock:
+                self._gave_up = self._gave_up or exc
+            raise
+
+    def _complete(self, messages: list[dict], params: dict) -> Reply:
         retries = 0
         while True:
+            with self._lock:
+                gave_up = self._gave_up
+            if gave_up is not None:
+                raise type(gave_up)(str(gave_up))
             try:
                 response = self.client.chat.completions.create(model=self.model, messages=messages, **params)
             except Exception as exc:  # classified below: retry, give up on the endpoint, or a client error
