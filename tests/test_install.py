@@ -38,11 +38,19 @@ def test_torch_is_a_range_that_takes_cpu_cuda_and_vllm_builds():
     assert not torch.specifier.contains("2.5.1")  # below the floor: FSDP2 and transformers 5.x need 2.6
 
 
-def test_make_setup_installs_the_local_cpu_torch_before_the_package():
-    recipe = (ROOT / "Makefile").read_text().split(".venv/.installed: pyproject.toml\n", 1)[1].split("\n\n", 1)[0]
-    torch_step = recipe.index("pip install -q torch==2.13.0")
-    package_step = recipe.index("pip install -q -e '.[dev]'")
-    assert torch_step < package_step
+def _recipe(target: str) -> str:
+    return (ROOT / "Makefile").read_text().split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+
+
+def test_make_setup_installs_the_local_cpu_torch_before_the_package_and_the_test_tools_only_for_tests():
+    """make run's setup installs the local CPU torch, then alignkit without the test tools (a fresh clone's run
+    starts sooner); make test adds them on top of that same setup."""
+    recipe = _recipe(".venv/.installed")
+    assert recipe.index("pip install -q torch==2.13.0") < recipe.index("pip install -q -e .\n")
+    assert "[dev]" not in recipe
+    dev = _recipe(".venv/.installed-dev")
+    assert dev.startswith(" .venv/.installed\n") and "pip install -q -e '.[dev]'" in dev
+    assert _recipe("run").startswith(" setup\n") and _recipe("test").startswith(" setup-dev\n")
 
 
 def test_version_prints_the_installed_version_and_exits_0(capsys):

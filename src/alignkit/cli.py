@@ -216,6 +216,7 @@ def eval_accuracy(
     top_p: float = typer.Option(1.0, callback=_finite, min=0.0, max=1.0),
     max_new_tokens: int = typer.Option(128, min=1),
     batch_size: int = typer.Option(64, min=1),
+    bf16: bool = typer.Option(False, help="the local sampler under bf16 autocast (faster with bf16 units)"),
     seed: int = typer.Option(0),
     out: str = typer.Option("runs/eval-accuracy", callback=_out_dir,
                            help="directory for results.jsonl and summary.json"),
@@ -236,7 +237,7 @@ def eval_accuracy(
     cfg = _task_config(task, split, limit, languages, seed, question_field, answer_field)
     the_task = make_task(cfg)
     items = task_items(the_task, cfg)
-    sampler, tokenizer = _sampler(model, backend, engine_url or [], engine_timeout, batch_size)
+    sampler, tokenizer = _sampler(model, backend, engine_url or [], engine_timeout, batch_size, bf16)
     try:
         results, summary = accuracy.evaluate(sampler, tokenizer, the_task, items, samples, ks if samples else (),
                                              temperature, top_p, max_new_tokens, seed)
@@ -244,6 +245,8 @@ def eval_accuracy(
         sampler.close()
     summary["model"] = model
     summary["backend"] = sampler.name
+    if hasattr(sampler, "precision"):
+        summary["precision"] = sampler.precision
     accuracy.write(results, summary, Path(out))
     print(json.dumps(summary, indent=1, ensure_ascii=False))
 

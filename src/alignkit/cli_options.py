@@ -49,12 +49,13 @@ def _task_config(task: str, split: str, limit, languages: str, seed: int, questi
         raise AlignkitError(format_validation(e, "command-line options")) from None
 
 
-def _sampler(model: str, backend: str, engine_urls: list[str], timeout: float, batch_size: int):
-    """(rollout backend, tokenizer) for a command that generates without a config: the local sampler on --model,
-    or vLLM engines that serve it (checked with a log-prob probe against --model's weights)."""
+def _sampler(model: str, backend: str, engine_urls: list[str], timeout: float, batch_size: int, bf16: bool = False):
+    """(rollout backend, tokenizer) for a command that generates without a config: the local sampler on --model
+    (under bf16 autocast with `bf16`), or vLLM engines that serve it (checked with a log-prob probe against
+    --model's weights)."""
     from types import SimpleNamespace
 
-    from alignkit.generation.rollout import from_config
+    from alignkit.generation.rollout import LocalBackend, from_config
     from alignkit.models.load import load_model, load_tokenizer
 
     if backend not in ("local", "vllm"):
@@ -63,7 +64,11 @@ def _sampler(model: str, backend: str, engine_urls: list[str], timeout: float, b
         raise AlignkitError("--backend vllm needs --engine-url URL (a vLLM server serving --model)")
     if backend == "local" and engine_urls:
         raise AlignkitError("--engine-url is given but --backend is local; add --backend vllm")
+    if backend == "vllm" and bf16:
+        raise AlignkitError("--bf16 is for the local sampler; an engine computes in the dtype it was started with")
     tokenizer, lm = load_tokenizer(model), load_model(model)
+    if backend == "local":
+        return LocalBackend(lm, tokenizer, batch_size, bf16=bf16), tokenizer
     gen = SimpleNamespace(backend=backend, engine_urls=engine_urls, engine_command=None, startup_timeout=timeout,
                           engine_timeout=timeout, sync_timeout=timeout, sync_dir=None, batch_size=batch_size,
                           lora_sync="adapter")

@@ -35,6 +35,9 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"  # storage dtype of the weights
     trust_remote_code: bool = False
     allow_pickle: bool = False  # allow loading *.bin / *.pt weights
+    # transformers' attention kernel for training (None: its default, sdpa). On CPUs, "eager" trains short
+    # sequences (a few hundred tokens) faster: the fused kernel's backward is slow there (docs/benchmarks.md).
+    attn_implementation: Literal["eager", "sdpa"] | None = None
     lora: LoraConfig | None = None
     # QLoRA: the base weights in 4 bits (bitsandbytes), LoRA trained on top in the compute precision
     load_in_4bit: bool = False
@@ -282,6 +285,9 @@ class StudentConfig(EngineConfig):
     batch_size: int = Field(64, gt=0)
     seed: int = 0
     trust_remote_code: bool = False
+    # The local sampler under bf16 autocast: faster where the processor has bf16 units; a few answers may differ
+    # from float32's in some tokens. Its log-probs are then never reused as a DPO reference's.
+    bf16: bool = False
 
 
 class TemplateConfig(Strict):

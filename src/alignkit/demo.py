@@ -33,7 +33,7 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max_new_tokens, batch_size):
+def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max_new_tokens, batch_size, bf16):
     from alignkit.eval import accuracy
     from alignkit.generation.rollout import LocalBackend
     from alignkit.tasks import make_task, task_items
@@ -44,9 +44,9 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
     task = make_task(task_cfg)
     items = task_items(task, task_cfg)
     _say(f"[{name}] greedy answers to {len(items)} held-out questions ...")
-    results, summary = accuracy.evaluate(LocalBackend(model, tokenizer, batch_size), tokenizer, task, items,
-                                         max_new_tokens=max_new_tokens)
-    summary["model"] = str(model_path)
+    sampler = LocalBackend(model, tokenizer, batch_size, bf16=bf16)
+    results, summary = accuracy.evaluate(sampler, tokenizer, task, items, max_new_tokens=max_new_tokens)
+    summary["model"], summary["precision"] = str(model_path), sampler.precision
     accuracy.write(results, summary, out)
     _say(f"[{name}] accuracy {summary['accuracy']:.1%} ({summary['seconds']:.0f}s)")
     return summary
@@ -85,10 +85,13 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     if max_new_tokens is None:
         max_new_tokens = answer_budget(heldout_cfg, tokenizer)
     student = load_model(model)
+    # Where the processor has bf16 units, every stage computes in bf16: answers under autocast, DPO under
+    # autocast on float32 weights (about twice as fast as float32 on such a CPU; docs/benchmarks.md).
+    bf16 = bf16_is_fast("cpu")
 
     t = time.time()
     before = _evaluate_stage("base", model, student, tokenizer, heldout_cfg, run_dir / "eval-base",
-                             max_new_tokens, 256)
+                             max_new_tokens, 256, bf16)
     times["evaluate base"] = time.time() - t
 
     if teacher_url:
@@ -106,7 +109,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
             task=TaskConfig(name=task, split="train", offset=(k - 1) * questions, limit=questions, seed=seed,
                             languages=[language]),
             student=StudentConfig(model=str(current), samples=samples, temperature=temperature, rejected=rejected,
-                                  max_new_tokens=64, batch_size=256, seed=seed),
+                                  max_new_tokens=64, batch_size=256, seed=seed, bf16=bf16),
             teacher=teacher, output_dir=str(d / "pairs"), chunk=128, rank=False,  # ranked from DPO's reference
         )
         _say(f"[pairs{tag}] the student answers {questions} training questions; the {teacher.kind} teacher "
@@ -130,9 +133,10 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
             if not train_file.exists():
                 write_jsonl(train_file, [row for j in range(1, k + 1)
                                          for row in read_jsonl(_round_dir(run_dir, j) / "pairs" / "pairs.jsonl")])
-        bf16 = bf16_is_fast("cpu")
         dpo_cfg = DPOConfig(
-            model=ModelConfig(path=str(current), lora=LoraConfig(r=16, alpha=32, merge=True)),
+            # eager attention: on a CPU the fused kernel's backward is slow for pairs this short
+            model=ModelConfig(path=str(current), lora=LoraConfig(r=16, alpha=32, merge=True),
+                              attn_implementation="eager"),
             # The reference is this round's student; its log-probs of the pairs, cached here, also say how hard
             # the pairs were for it (below).
             reference=ReferenceConfig(cache_dir=str(d / "dpo" / "ref-logps")),
@@ -160,7 +164,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
         t = time.time()
         student = load_model(str(final))  # evaluated now, and the next round's student
         after = _evaluate_stage(f"trained{tag}", final, student, tokenizer, heldout_cfg, d / "eval-trained",
-                                max_new_tokens, 256)
+                                max_new_tokens, 256, bf16)
         times[f"{name}evaluate trained"] = time.time() - t
         history.append({"round": k, "model": str(final), "pairs": pair_summary["pairs"],
                         "training_questions": questions, "student_accuracy": pair_summary["student_accuracy"],

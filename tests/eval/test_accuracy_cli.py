@@ -59,3 +59,21 @@ def test_accuracy_per_language_and_phrasing(tiny_model, tmp_path):
             assert g["items"] == len(mine) and g["accuracy"] == sum(mine) / len(mine)
     assert all(r["phrasing"].split("/")[0] == r["language"] for r in rows)
     assert len(summary["by_phrasing"]) > 2
+
+
+def test_bf16_answers_and_says_so(tiny_model, tmp_path, capsys):
+    """--bf16 runs the local sampler under bf16 autocast and the summary records the precision; an engine keeps
+    the dtype it was started with, so --bf16 with --backend vllm is refused before anything loads."""
+    outs = {}
+    for flag in ([], ["--bf16"]):
+        outs[bool(flag)] = tmp_path / f"acc{len(flag)}"
+        main(["eval", "accuracy", "--model", str(tiny_model), "--task", "addition-2d", "--limit", "4",
+              "--max-new-tokens", "4", "--out", str(outs[bool(flag)]), *flag])
+    summaries = {k: json.loads((v / "summary.json").read_text()) for k, v in outs.items()}
+    assert (summaries[False]["precision"], summaries[True]["precision"]) == ("torch.float32", "bf16-autocast")
+    assert summaries[True]["items"] == 4
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "accuracy", "--model", str(tiny_model), "--task", "addition-2d", "--bf16", "--backend", "vllm",
+              "--engine-url", "http://127.0.0.1:9", "--out", str(tmp_path / "v")])
+    assert e.value.code == 2 and "--bf16 is for the local sampler" in capsys.readouterr().err

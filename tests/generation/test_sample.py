@@ -77,3 +77,24 @@ def test_top_p_tiny_is_greedy(lm):
     greedy = generate(model, tok, prompts, temperature=0, max_new_tokens=6, stop_ids=set())
     nucleus = generate(model, tok, prompts, temperature=1.0, top_p=1e-6, max_new_tokens=6, stop_ids=set(), seed=9)
     assert [r[0].token_ids for r in greedy] == [r[0].token_ids for r in nucleus]
+
+
+def test_the_local_backend_in_bf16_samples_under_autocast(lm):
+    """`LocalBackend(bf16=True)` (student.bf16, eval accuracy --bf16) runs the sampler under bf16 autocast: its
+    log-probs are a bf16 forward's, near float32's but not equal, and it says so (`precision`)."""
+    from alignkit.generation.rollout import LocalBackend
+
+    model, tok = lm
+    prompts = _prompts(tok)
+    fp32, bf16 = LocalBackend(model, tok, 4), LocalBackend(model, tok, 4, bf16=True)
+    assert (fp32.precision, bf16.precision) == ("torch.float32", "bf16-autocast")
+    a = fp32.generate(prompts, n=1, temperature=0, max_new_tokens=1)
+    b = bf16.generate(prompts, n=1, temperature=0, max_new_tokens=1)
+    assert any(x[0].token_ids == y[0].token_ids for x, y in zip(a, b))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = [model(torch.tensor([p])).logits[0, -1].float().log_softmax(-1) for p in prompts]
+    for (x,), (y,), e in zip(a, b, expected):
+        assert y.logps[0] == pytest.approx(float(e[y.token_ids[0]]), abs=1e-3)  # the bf16 forward's value
+        if x.token_ids == y.token_ids:
+            assert y.logps[0] != x.logps[0] and y.logps[0] == pytest.approx(x.logps[0], abs=0.1)
+    assert model.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")  # nothing left switched on

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -394,3 +395,26 @@ def test_slip_pairs_cli_writes_hard_pairs(tmp_path, capsys):
             main(["pairs", "slips", *args, "--out", str(tmp_path / "x.jsonl")])
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_a_student_sampling_in_bf16_records_so_and_dpo_never_takes_its_log_probs(tiny_model, tmp_path, capsys):
+    """student.bf16 samples under bf16 autocast; its log-probs are recorded as such, and no DPO run (float32 or
+    bf16 autocast) takes them as reference log-probs: each pair's rejected half gets a forward pass."""
+    out = tmp_path / "bf16"
+    config = _config(tmp_path, tiny_model, out, {"kind": "solver"})
+    cfg = yaml.safe_load(config.read_text())
+    cfg["student"]["bf16"] = True
+    config.write_text(yaml.safe_dump(cfg))
+    assert _build(config) == 0
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert rows and {r["metadata"]["student_logps"]["dtype"] for r in rows} == {"bf16-autocast"}
+    for bf16 in (False, True):
+        dpo = tmp_path / f"dpo.{bf16}.yaml"
+        dpo.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {out / 'pairs.jsonl'}\n"
+                       f"reference:\n  cache_dir: {tmp_path / f'ref.{bf16}'}\n"
+                       f"train:\n  output_dir: {tmp_path / f'dpo.{bf16}'}\n  batch_size: 4\n  micro_batch_size: 4\n"
+                       f"  max_steps: 1\n  bf16: {str(bf16).lower()}\n")
+        capsys.readouterr()
+        main(["dpo", "--config", str(dpo)])
+        printed = capsys.readouterr().out
+        assert re.search(r"computing (\d+) of \1 pairs \(cache", printed) and "sampler's record" not in printed

@@ -63,22 +63,34 @@ class RolloutBackend(Protocol):
 
 
 class LocalBackend:
-    """The reference: `sample.generate` (batched KV-cache sampler) on the policy model in this process."""
+    """The reference: `sample.generate` (batched KV-cache sampler) on the policy model in this process; with
+    `bf16`, under bf16 autocast (faster where the processor has bf16 units; `precision` says which ran)."""
 
     name = "local"
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, stop_ids: set[int] | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 32, stop_ids: set[int] | None = None, bf16: bool = False):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.stop_ids = batch_size, stop_ids
+        self.batch_size, self.stop_ids, self.bf16 = batch_size, stop_ids, bf16
         self.weight_version = 0
+
+    @property
+    def precision(self) -> str:
+        """What the log-probs were computed in: "bf16-autocast", or the weights' dtype ("torch.float32")."""
+        return "bf16-autocast" if self.bf16 else str(next(self.model.parameters()).dtype)
 
     def generate(self, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 256, seed: int = 0, prompt_keys: list[int] | None = None) -> list[list[Sample]]:
+        import contextlib
+
+        import torch
+
         from alignkit.generation.sample import generate
 
-        samples = generate(self.model, self.tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
-                           max_new_tokens=max_new_tokens, seed=seed, batch_size=self.batch_size,
-                           stop_ids=self.stop_ids, prompt_keys=prompt_keys)
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            samples = generate(self.model, self.tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, seed=seed, batch_size=self.batch_size,
+                               stop_ids=self.stop_ids, prompt_keys=prompt_keys)
         for row in samples:
             for sample in row:
                 sample.weight_version = self.weight_version

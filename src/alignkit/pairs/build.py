@@ -226,15 +226,16 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             if s.backend == "local" and student is None:
                 student = load_model(s.model, trust_remote_code=s.trust_remote_code)
             teacher = make_teacher(cfg.teacher, control)
-            backend = LocalBackend(student, tokenizer, s.batch_size) if s.backend == "local" else \
+            backend = LocalBackend(student, tokenizer, s.batch_size, bf16=s.bf16) if s.backend == "local" else \
                 from_config(s, tokenizer, None, s.model, out)
             if s.backend == "local":
                 # The sampler records the model's own log-probs of each token it picks (temperature 1, before
                 # top-p, whatever the temperature it sampled at): the reference log-prob of the rejected
-                # response when `alignkit dpo` starts from this model.
+                # response when `alignkit dpo` starts from this model in the same precision (bf16 autocast's
+                # are recorded as such, and no DPO run takes them).
                 from alignkit.models.reference import model_fingerprint
 
-                sampler = (model_fingerprint(student), str(next(student.parameters()).dtype))
+                sampler = (model_fingerprint(student), backend.precision)
         # progress per chunk, with an ETA: a bar on a terminal, else a line through `log` every ~10% or 30 s
         advance = shown.enter_context(progress("pairs build", total=len(items), completed=len(items) - len(todo),
                                                unit="questions", write=log))

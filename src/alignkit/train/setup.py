@@ -235,6 +235,8 @@ def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
                           m.trust_remote_code, t.gradient_checkpointing)
     else:
         model = load_model(m.path, m.dtype, m.trust_remote_code, m.allow_pickle)
+    if m.attn_implementation is not None:
+        model.set_attn_implementation(m.attn_implementation)
     disable_dropout(model)
     if before_adapter is not None:
         before_adapter(model)
