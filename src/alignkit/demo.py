@@ -85,8 +85,9 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
     if max_new_tokens is None:
         max_new_tokens = answer_budget(heldout_cfg, tokenizer)
     student = load_model(model)
-    # Where the processor has bf16 units, every stage computes in bf16: answers under autocast, DPO under
-    # autocast on float32 weights (about twice as fast as float32 on such a CPU; docs/benchmarks.md).
+    # Where the processor has bf16 units, the evaluations answer under bf16 autocast (nearly twice as fast) and
+    # DPO trains under it on float32 weights. The student answering the training questions stays in float32:
+    # its samples are the rejected answers, and one run with bf16 samples trained a weaker model (docs/pairs.md).
     bf16 = bf16_is_fast("cpu")
 
     t = time.time()
@@ -109,8 +110,11 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
             task=TaskConfig(name=task, split="train", offset=(k - 1) * questions, limit=questions, seed=seed,
                             languages=[language]),
             student=StudentConfig(model=str(current), samples=samples, temperature=temperature, rejected=rejected,
-                                  max_new_tokens=64, batch_size=256, seed=seed, bf16=bf16),
-            teacher=teacher, output_dir=str(d / "pairs"), chunk=128, rank=False,  # ranked from DPO's reference
+                                  max_new_tokens=64, batch_size=min(questions, 320), seed=seed),
+            # up to 320 questions in one batch (fewer, larger batches are faster on a CPU; samples do not depend
+            # on the batching), saved after each
+            teacher=teacher, output_dir=str(d / "pairs"), chunk=min(questions, 320),
+            rank=False,  # ranked from DPO's reference
         )
         _say(f"[pairs{tag}] the student answers {questions} training questions; the {teacher.kind} teacher "
              f"writes chosen ...")

@@ -193,6 +193,9 @@ def test_changed_config_in_the_same_output_dir_is_refused(tiny_model, tmp_path, 
     other = _config(tmp_path, tiny_model, out, {"kind": "solver"}, chunk=2)
     assert _build(other) == 0  # chunk does not change what is built
     cfg = yaml.safe_load(other.read_text())
+    cfg["student"].update(batch_size=3, engine_timeout=7.0)  # nor do the student's batch and time-outs
+    other.write_text(yaml.safe_dump(cfg))
+    assert _build(other) == 0
     cfg["student"]["temperature"] = 0.5
     other.write_text(yaml.safe_dump(cfg))
     assert _build(other) == 2

@@ -40,9 +40,14 @@ from alignkit.tasks.extract import extract_answer
 _SAME_RUN = ("task", "student", "teacher.kind", "teacher.model")
 
 
+# Student settings that change how fast the samples come, not which: a rerun may change them.
+_PACE = ("batch_size", "startup_timeout", "engine_timeout", "sync_timeout")
+
+
 def _fingerprint(cfg: PairsConfig) -> dict:
     dump = cfg.model_dump(mode="json")
-    return {"task": dump["task"], "student": dump["student"],
+    student = {k: v for k, v in dump["student"].items() if k not in _PACE}
+    return {"task": dump["task"], "student": student,
             "teacher.kind": dump["teacher"]["kind"], "teacher.model": dump["teacher"]["model"]}
 
 
