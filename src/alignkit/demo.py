@@ -45,7 +45,8 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
     items = task_items(task, task_cfg)
     _say(f"[{name}] greedy answers to {len(items)} held-out questions ...")
     sampler = LocalBackend(model, tokenizer, batch_size, bf16=bf16)
-    results, summary = accuracy.evaluate(sampler, tokenizer, task, items, max_new_tokens=max_new_tokens)
+    results, summary = accuracy.evaluate(sampler, tokenizer, task, items, max_new_tokens=max_new_tokens,
+                                         chunk=batch_size)  # one call per batch: no ETA, the least waiting
     summary["model"], summary["precision"] = str(model_path), sampler.precision
     accuracy.write(results, summary, out)
     _say(f"[{name}] accuracy {summary['accuracy']:.1%} ({summary['seconds']:.0f}s)")

@@ -20,9 +20,10 @@ from alignkit.tasks.extract import equivalent, extract_answer
 
 
 def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, ...] = (), temperature: float = 0.7,
-             top_p: float = 1.0, max_new_tokens: int = 128, seed: int = 0):
+             top_p: float = 1.0, max_new_tokens: int = 128, seed: int = 0, chunk: int | None = None):
     """(per-item results, summary); `sampler` is a rollout backend (generation/rollout.py): the local sampler on a
-    loaded model, or vLLM engines."""
+    loaded model, or vLLM engines. `chunk`: questions per sampler call (default below); each call runs until its
+    longest answer ends, so one call over every question is fastest, at the cost of the progress line's ETA."""
     from alignkit.data.chat import task_prompt_ids
 
     started = time.time()
@@ -31,7 +32,7 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
     # quarter of the questions when that is less (an ETA after the first quarter), a 20th when that is more;
     # prompt_keys seed each question's samples as one call over all of them would.
     batch = getattr(sampler, "batch_size", None) or 128
-    per = max(min(batch, -(-len(prompts) // 4)), -(-len(prompts) // 20), 1)
+    per = chunk or max(min(batch, -(-len(prompts) // 4)), -(-len(prompts) // 20), 1)
     greedy, sampled = [], [] if samples else None
     with progress("eval accuracy", total=len(prompts), unit="questions") as advance:
         for s in range(0, len(prompts), per):

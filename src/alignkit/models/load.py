@@ -46,13 +46,23 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantise a GGUF file into a safetensors HF directory at `dest` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import functools
+
+    import gguf as gguf_py
+
     log.info("converting %s to safetensors in %s (once)", gguf.name, dest)
+    # transformers asks gguf for the same tensor-name map once per submodule (hundreds of times, each rebuilt:
+    # about 9 of the 22 s SmolLM2-135M's conversion takes); the map depends only on (architecture, layers).
+    name_map = gguf_py.get_tensor_name_map
+    gguf_py.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:  # the gguf reader raises struct, value and key errors on a truncated or foreign file
         raise AlignkitError(f"{gguf}: cannot read this GGUF file ({type(e).__name__}: {str(e)[:120]}); "
                             "truncated or not a model?") from None
+    finally:
+        gguf_py.get_tensor_name_map = name_map
     # The de-quantised weights are plain floats: save them as an ordinary checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
