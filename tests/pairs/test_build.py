@@ -196,6 +196,11 @@ def test_changed_config_in_the_same_output_dir_is_refused(tiny_model, tmp_path, 
     cfg["student"].update(batch_size=3, engine_timeout=7.0)  # nor do the student's batch and time-outs
     other.write_text(yaml.safe_dump(cfg))
     assert _build(other) == 0
+    # A marker from before a student key existed (here bf16) is read with that key's default.
+    marker = json.loads((out / "run.json").read_text())
+    del marker["student"]["bf16"]
+    (out / "run.json").write_text(json.dumps({**marker, "student": {**marker["student"], "batch_size": 64}}))
+    assert _build(other) == 0
     cfg["student"]["temperature"] = 0.5
     other.write_text(yaml.safe_dump(cfg))
     assert _build(other) == 2

@@ -113,7 +113,7 @@ class SequenceLogps(nn.Module):
         elif (position_ids is None
               and (self.share_prompts if self.share_prompts is not None else input_ids.device.type == "cpu")
               # transformers turns the prompt pass's cache off under gradient checkpointing while training
-              and not (getattr(hf, "is_gradient_checkpointing", False) and hf.training)
+              and not (_checkpointing(hf) and hf.training)
               and (plan := _shared_prompts(input_ids, response_mask)) is not None):
             token_logps, where = self._shared(hf, input_ids, response_mask, *plan), response_mask
         else:
@@ -211,6 +211,13 @@ def _shared_prompts(input_ids: torch.Tensor, response_mask: torch.Tensor, min_co
         return None
     dev = input_ids.device
     return (torch.tensor(owner, device=dev), torch.tensor(unique_rows, device=dev), starts, lengths, common)
+
+
+def _checkpointing(hf) -> bool:
+    """Whether activation checkpointing is on (transformers >= 5.x names it is_activation_checkpointing; the older
+    is_gradient_checkpointing warns there)."""
+    on = getattr(hf, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(hf, "is_gradient_checkpointing", False))
 
 
 def _shift_right(targets_mask: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from alignkit import AlignkitError
-from alignkit.config import PairsConfig, save_resolved
+from alignkit.config import PairsConfig, StudentConfig, save_resolved
 from alignkit.data.jsonl import AppendLog, repair
 from alignkit.progress import progress
 from alignkit.tasks import make_task, task_items
@@ -49,6 +49,16 @@ def _fingerprint(cfg: PairsConfig) -> dict:
     student = {k: v for k, v in dump["student"].items() if k not in _PACE}
     return {"task": dump["task"], "student": student,
             "teacher.kind": dump["teacher"]["kind"], "teacher.model": dump["teacher"]["model"]}
+
+
+def _as_now(before: dict) -> dict:
+    """An older marker in today's terms: student keys it predates take their defaults (a new key's default is the
+    behaviour before it existed), and the pace settings are dropped (older markers recorded them)."""
+    student = before.get("student")
+    if isinstance(student, dict):
+        defaults = StudentConfig().model_dump(mode="json")
+        before = {**before, "student": {k: v for k, v in {**defaults, **student}.items() if k not in _PACE}}
+    return before
 
 
 def _depends_on(pairs: list[dict], outcomes: list[dict]) -> tuple[str, ...]:
@@ -71,6 +81,7 @@ def _check_same_run(out: Path, cfg: PairsConfig, pairs: list[dict], outcomes: li
             raise AlignkitError(f"{marker}: unreadable (edited or torn); move {out} away, or fix the file") from None
         if not isinstance(before, dict):
             raise AlignkitError(f"{marker}: not what pairs build writes (expected a JSON object); move {out} away")
+        before = _as_now(before)
         changed = [k for k in _depends_on(pairs, outcomes) if before.get(k) != now[k]]
         if changed:
             raise AlignkitError(f"{out}: holds pairs built with a different {', '.join(changed)}; "
