@@ -63,6 +63,7 @@ bench: setup-dev engine
 	$(PY) benchmarks/memory_savers.py --bf16 --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_vs_trl.py $(GRPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/profile_dpo.py --out docs/benchmarks.md
+	$(PY) benchmarks/attention_cpu.py --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_backends.py --steps 4 --repeats 3 --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_backends.py --full --out docs/benchmarks.md
 	$(PY) benchmarks/sampling_backends.py --repeats 3 --out docs/benchmarks.md
