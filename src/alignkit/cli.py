@@ -245,8 +245,6 @@ def eval_accuracy(
         sampler.close()
     summary["model"] = model
     summary["backend"] = sampler.name
-    if hasattr(sampler, "precision"):
-        summary["precision"] = sampler.precision
     accuracy.write(results, summary, Path(out))
     print(json.dumps(summary, indent=1, ensure_ascii=False))
 

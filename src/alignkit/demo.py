@@ -47,7 +47,7 @@ def _evaluate_stage(name, model_path, model, tokenizer, task_cfg, out: Path, max
     sampler = LocalBackend(model, tokenizer, batch_size, bf16=bf16)
     results, summary = accuracy.evaluate(sampler, tokenizer, task, items, max_new_tokens=max_new_tokens,
                                          chunk=batch_size)  # one call per batch: no ETA, the least waiting
-    summary["model"], summary["precision"] = str(model_path), sampler.precision
+    summary["model"] = str(model_path)
     accuracy.write(results, summary, out)
     _say(f"[{name}] accuracy {summary['accuracy']:.1%} ({summary['seconds']:.0f}s)")
     return summary

@@ -80,6 +80,8 @@ def evaluate(sampler, tokenizer, task, items, samples: int = 0, ks: tuple[int, .
                                        for r in results) / n
             votes = [majority([s["extracted"] for s in r["samples"][:k]]) for r in results]
             summary[f"maj@{k}"] = sum(equivalent(v, item.answer) for item, v in zip(items, votes)) / n
+    if hasattr(sampler, "precision"):  # the local sampler: float32 weights, or under bf16 autocast
+        summary["precision"] = sampler.precision
     summary["seconds"] = round(time.time() - started, 1)
     return results, summary
 
