@@ -44,21 +44,16 @@ _SAME_RUN = ("task", "student", "teacher.kind", "teacher.model")
 _PACE = ("batch_size", "startup_timeout", "engine_timeout", "sync_timeout")
 
 
+def _sampling_settings(student: dict) -> dict:
+    """The student settings the samples depend on: keys a record predates take their defaults (a new key's
+    default is the behaviour before it existed), and the pace settings are left out."""
+    return {k: v for k, v in {**StudentConfig().model_dump(mode="json"), **student}.items() if k not in _PACE}
+
+
 def _fingerprint(cfg: PairsConfig) -> dict:
     dump = cfg.model_dump(mode="json")
-    student = {k: v for k, v in dump["student"].items() if k not in _PACE}
-    return {"task": dump["task"], "student": student,
+    return {"task": dump["task"], "student": _sampling_settings(dump["student"]),
             "teacher.kind": dump["teacher"]["kind"], "teacher.model": dump["teacher"]["model"]}
-
-
-def _as_now(before: dict) -> dict:
-    """An older marker in today's terms: student keys it predates take their defaults (a new key's default is the
-    behaviour before it existed), and the pace settings are dropped (older markers recorded them)."""
-    student = before.get("student")
-    if isinstance(student, dict):
-        defaults = StudentConfig().model_dump(mode="json")
-        before = {**before, "student": {k: v for k, v in {**defaults, **student}.items() if k not in _PACE}}
-    return before
 
 
 def _depends_on(pairs: list[dict], outcomes: list[dict]) -> tuple[str, ...]:
@@ -81,7 +76,8 @@ def _check_same_run(out: Path, cfg: PairsConfig, pairs: list[dict], outcomes: li
             raise AlignkitError(f"{marker}: unreadable (edited or torn); move {out} away, or fix the file") from None
         if not isinstance(before, dict):
             raise AlignkitError(f"{marker}: not what pairs build writes (expected a JSON object); move {out} away")
-        before = _as_now(before)
+        if isinstance(before.get("student"), dict):  # an older marker, in today's terms
+            before["student"] = _sampling_settings(before["student"])
         changed = [k for k in _depends_on(pairs, outcomes) if before.get(k) != now[k]]
         if changed:
             raise AlignkitError(f"{out}: holds pairs built with a different {', '.join(changed)}; "
