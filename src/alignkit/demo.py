@@ -101,6 +101,7 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
                                 api_key_env=teacher_key_env)
     else:
         teacher = TeacherConfig(kind="solver")
+    per_call = min(questions, 320)  # training questions in one batch: fewer, larger batches are faster on a CPU
     current, history = model, []
     for k in range(1, rounds + 1):
         d, tag = _round_dir(run_dir, k), ("" if rounds == 1 else f" (round {k})")
@@ -111,10 +112,9 @@ def run(out: str = "runs/demo", model: str = "smollm2-135m-instruct", task: str 
             task=TaskConfig(name=task, split="train", offset=(k - 1) * questions, limit=questions, seed=seed,
                             languages=[language]),
             student=StudentConfig(model=str(current), samples=samples, temperature=temperature, rejected=rejected,
-                                  max_new_tokens=64, batch_size=min(questions, 320), seed=seed),
-            # up to 320 questions in one batch (fewer, larger batches are faster on a CPU; samples do not depend
-            # on the batching), saved after each
-            teacher=teacher, output_dir=str(d / "pairs"), chunk=min(questions, 320),
+                                  max_new_tokens=64, batch_size=per_call, seed=seed),
+            # saved after each batch; samples do not depend on the batching
+            teacher=teacher, output_dir=str(d / "pairs"), chunk=per_call,
             rank=False,  # ranked from DPO's reference
         )
         _say(f"[pairs{tag}] the student answers {questions} training questions; the {teacher.kind} teacher "

@@ -6,6 +6,7 @@ once and cached as safetensors under the user cache directory, so later loads ta
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -44,11 +45,8 @@ def _alias_gguf(alias: str) -> Path:
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantise a GGUF file into a safetensors HF directory at `dest` (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import functools
-
     import gguf as gguf_py
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once)", gguf.name, dest)
     # transformers asks gguf for the same tensor-name map once per submodule (hundreds of times, each rebuilt:
