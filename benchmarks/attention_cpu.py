@@ -83,8 +83,6 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=None, help="markdown file to write the section into")
     a = p.parse_args(argv)
 
-    import torch
-
     from alignkit.data.collate import load_pairs
     from alignkit.models.load import load_tokenizer
 
@@ -129,7 +127,6 @@ def main(argv=None) -> None:
     print(section)
     if a.out:
         common.write_section(Path(a.out), section, START, END)
-    del torch
 
 
 if __name__ == "__main__":
