@@ -75,3 +75,19 @@ def test_ppo_config_checks(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ppo", "--config", str(cfg), "rewards=[{kind: model}]"])
     assert "reward kind 'model' needs model" in capsys.readouterr().err
+
+
+def test_ppo_with_a_reward_model_that_pools_token_log_probs(tiny_model, tmp_path):
+    """The reward reads the reward model's pooling and token log-prob term; the critic, started from it, reads
+    its head alone (a value has no log-prob term) and is saved without one."""
+    rm_cfg = tmp_path / "rm.yaml"
+    rm_cfg.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {DATA}\n  max_length: 160\n"
+                      f"  max_prompt_length: 96\ntrain:\n  output_dir: {tmp_path / 'rm'}\n  batch_size: 8\n"
+                      "  micro_batch_size: 8\n  max_steps: 1\nloss:\n  token_logprob: true\n")
+    main(["rm", "--config", str(rm_cfg)])
+    cfg = _config(tmp_path, tiny_model, f"rewards:\n  - kind: model\n    model: {tmp_path / 'rm' / 'final'}\n")
+    main(["ppo", "--config", str(cfg), "train.max_steps=2"])
+    rows = _metrics(tmp_path / "ppo")
+    assert len(rows) == 2 and rows[0]["score"] < -3  # a random model's token log-probs: about -log(vocabulary)
+    marker = json.loads((tmp_path / "ppo" / "value" / "alignkit_scalar_head.json").read_text())
+    assert (marker["pooling"], marker["token_logprob"]) == ("mean", False)

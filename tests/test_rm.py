@@ -22,13 +22,16 @@ def test_bradley_terry_by_hand():
     assert bradley_terry(torch.tensor([2.0]), torch.tensor([1.0]), margin=1.0).item() == pytest.approx(math.log(2))
 
 
-def test_rm_trains_and_scores(tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize("pooling", ["last", "mean", "min", "mean\n  token_logprob: true"])
+def test_rm_trains_and_scores(tiny_model, tmp_path, capsys, pooling):
     cfg = tmp_path / "rm.yaml"
     run = tmp_path / "rm"
     cfg.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {DATA}\n  eval: {HELD}\n  max_length: 160\n"
                    f"  max_prompt_length: 96\ntrain:\n  output_dir: {run}\n  batch_size: 8\n  micro_batch_size: 4\n"
-                   "  lr: 1.0e-3\n  max_steps: 3\n  eval_batch_size: 40\n")
+                   f"  lr: 1.0e-3\n  max_steps: 3\n  eval_batch_size: 40\nloss:\n  pooling: {pooling}\n")
     main(["rm", "--config", str(cfg)])
+    marker = json.loads((run / "final" / "alignkit_scalar_head.json").read_text())
+    assert (marker["pooling"], marker["token_logprob"]) == (pooling[:4].strip(), "token_logprob" in pooling)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"loss", "accuracy", "margin", "eval_loss", "eval_accuracy", "eval_margin"} <= rows[-1].keys()
@@ -43,6 +46,18 @@ def test_rm_trains_and_scores(tiny_model, tmp_path, capsys):
     # The scorer reloaded from disk gives the evaluation the run logged at its end.
     assert summary["accuracy"] == pytest.approx(rows[-1]["eval_accuracy"], abs=1e-6)
     assert summary["margin"] == pytest.approx(rows[-1]["eval_margin"], abs=1e-4)
+    # An RL command's reward (kind: model) scores a completion as `rm score` scores a chosen answer.
+    from alignkit.config_rl import RewardConfig
+    from alignkit.data.collate import load_pairs
+    from alignkit.models.load import load_tokenizer
+    from alignkit.rewards import Rewards
+
+    tokenizer = load_tokenizer(str(run / "final"))
+    pairs = load_pairs(str(HELD), tokenizer, 160, 96)[:5]
+    rewards = Rewards([RewardConfig(kind="model", model=str(run / "final"))], task=None, tokenizer=tokenizer)
+    totals, _ = rewards([None] * 5, ["x"] * 5, [(p.prompt_ids, p.chosen_ids) for p in pairs],
+                        tokenizer.pad_token_id)
+    assert totals == pytest.approx([s["chosen_score"] for s in scores[:5]], abs=1e-5)
 
 
 def test_rm_score_refuses_a_plain_language_model(tiny_model, tmp_path, capsys):
@@ -52,15 +67,18 @@ def test_rm_score_refuses_a_plain_language_model(tiny_model, tmp_path, capsys):
     assert "not a reward or value model" in capsys.readouterr().err
 
 
-def test_a_reward_model_trained_further_starts_from_its_own_head(tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize("pooling", ["last", "mean", "min\n  token_logprob: true"])
+def test_a_reward_model_trained_further_starts_from_its_own_head(tiny_model, tmp_path, capsys, pooling):
     """model.path a reward model: its saved head is the start, as TRL's sequence-classification model keeps its
-    score layer. With a vanishing learning rate, the second run's held-out figures are the first model's scores."""
+    score layer, and so are its pooling and its learned token log-prob weight when the config does not name
+    them. With a vanishing learning rate, the second run's held-out figures are the first model's scores."""
     first, second = tmp_path / "rm1", tmp_path / "rm2"
-    for path, run, lr in ((tiny_model, first, "1.0e-3"), (first / "final", second, "1.0e-12")):
+    for path, run, lr, loss in ((tiny_model, first, "1.0e-3", f"loss:\n  pooling: {pooling}\n"),
+                                (first / "final", second, "1.0e-12", "")):
         cfg = tmp_path / "rm.yaml"
         cfg.write_text(f"model:\n  path: {path}\ndata:\n  train: {DATA}\n  eval: {HELD}\n  max_length: 160\n"
                        f"  max_prompt_length: 96\ntrain:\n  output_dir: {run}\n  batch_size: 8\n"
-                       f"  micro_batch_size: 8\n  lr: {lr}\n  max_steps: 2\n  eval_batch_size: 40\n")
+                       f"  micro_batch_size: 8\n  lr: {lr}\n  max_steps: 2\n  eval_batch_size: 40\n{loss}")
         main(["rm", "--config", str(cfg)])
     capsys.readouterr()
     main(["rm", "score", "--model", str(first / "final"), "--data", str(HELD), "--out", str(tmp_path / "s.jsonl"),
@@ -70,3 +88,9 @@ def test_a_reward_model_trained_further_starts_from_its_own_head(tiny_model, tmp
     assert abs(scored["margin"]) > 1e-3  # the first model tells pairs apart: a fresh head would not match it
     assert logged["eval_margin"] == pytest.approx(scored["margin"], abs=1e-4)
     assert logged["eval_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
+    if "token_logprob" in pooling:  # the learned weight carried over, not started again at 1
+        from alignkit.models.heads import saved_logprob_weight
+
+        weight = saved_logprob_weight(first / "final")
+        assert abs(weight - 1.0) > 1e-5
+        assert saved_logprob_weight(second / "final") == pytest.approx(weight, abs=1e-8)

@@ -391,6 +391,13 @@ class SFTConfig(Strict):
 
 class RMLossConfig(Strict):
     margin: float = Field(0.0, ge=0)  # chosen must beat rejected by this much (Bradley–Terry with margin)
+    # a row's score from the head's per-token values: at the last response token (TRL's), their mean over the
+    # response, or their minimum; default: the starting reward model's pooling, else last
+    pooling: Literal["last", "mean", "min"] | None = None
+    # add the model's own log-probability of each response token to that token's value, with a learned weight
+    # starting at 1 (needs pooling mean or min; mean when pooling is not set); default: as the starting reward
+    # model, else off
+    token_logprob: bool | None = None
 
 
 class RMTrainConfig(TrainConfig):
@@ -408,6 +415,9 @@ class RMConfig(Strict):
     def _check(self):
         if self.data.max_prompt_length >= self.data.max_length:
             raise ValueError("data.max_prompt_length must be smaller than data.max_length")
+        if self.loss.token_logprob and self.loss.pooling == "last":
+            raise ValueError("loss.token_logprob adds a value at every response token: set loss.pooling to mean or "
+                             "min (last reads one token)")
         return self
 
 

@@ -182,13 +182,12 @@ class Rewards:
         import torch
 
         from alignkit.data.collate import pad_rows
-        from alignkit.models.heads import last_positions
 
         out = []
         with torch.no_grad():
             for s in range(0, len(sequences), self.batch_size):
                 ids, mask = pad_rows(sequences[s : s + self.batch_size], pad_id)
-                out += scorer(ids.to(self.device), last_positions(mask.to(self.device))).tolist()
+                out += scorer(ids.to(self.device), response_mask=mask.to(self.device)).tolist()
         return out
 
     def fields(self, items, completions: list[str], sequences=None) -> dict:

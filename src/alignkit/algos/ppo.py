@@ -292,6 +292,7 @@ def run(cfg: PPOConfig) -> Path:
     else:
         critic, critic_from = ScalarHead(initial["critic"]), "the policy's weights"
     if critic is not None:
+        critic.logprob_weight = None  # a value reads the head alone; a reward model's token log-prob term is its own
         disable_dropout(critic.model)
         critic_lora = cfg.value.lora or cfg.model.lora
         if critic_lora is not None:

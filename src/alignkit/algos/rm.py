@@ -1,12 +1,13 @@
 """Reward model: a causal LM's decoder + a scalar head, scored at the last response token (its end-of-turn
-token), trained with the Bradley–Terry loss −log σ(r_w − r_l − margin) on preference pairs.
+token) or pooled over the response tokens (`loss.pooling`, `loss.token_logprob`: models/heads.py), trained with
+the Bradley–Terry loss −log σ(r_w − r_l − margin) on preference pairs.
 
 Logged: loss, accuracy (chosen scored above rejected), margin (mean r_w − r_l), and the same on held-out
 pairs. The saved model (`final/`) is the merged causal LM plus `score_head.safetensors`; `alignkit rm score`
 scores a preference file with it, and PPO reads rewards (and may start its critic) from it.
 
-Departures: rows too long for max_length are dropped and counted, never truncated, so the scored token is
-always the response's own end-of-turn token. TRL additionally offers a reward-centering term; not here.
+Departures: rows too long for max_length are dropped and counted, never truncated, so the scored tokens are
+always the whole response, its own end-of-turn token last. TRL additionally offers a reward-centering term; not here.
 
 Run it:
     alignkit rm --config configs/rm/smollm2-arith.yaml
@@ -23,7 +24,6 @@ import torch
 from alignkit.config import RMConfig
 from alignkit.data.collate import PairBatch, collate, load_pairs, micro_batches
 from alignkit.losses.reward import bradley_terry
-from alignkit.models.heads import last_positions
 from alignkit.train.loop import held_out_sums
 
 
@@ -41,7 +41,7 @@ class RewardModelling:
 
     def _terms(self, model, batch: PairBatch):
         batch = batch.to(self.device)
-        scores = model(batch.input_ids, last_positions(batch.response_mask))  # (2B,): chosen, then rejected
+        scores = model(batch.input_ids, response_mask=batch.response_mask)  # (2B,): chosen, then rejected
         chosen, rejected = scores[: batch.size], scores[batch.size :]
         losses = bradley_terry(chosen, rejected, self.cfg.loss.margin)
         metrics = {"loss": losses.detach().sum(), "accuracy": (chosen > rejected).float().sum(),
@@ -108,7 +108,7 @@ def score(model_path: str, data: str, out: str, batch_size: int, max_length: int
     results = []
     for s in range(0, len(pairs), batch_size):
         batch = collate(pairs[s : s + batch_size], tokenizer.pad_token_id)
-        scores = scorer(batch.input_ids, last_positions(batch.response_mask)).tolist()
+        scores = scorer(batch.input_ids, response_mask=batch.response_mask).tolist()
         results += [{"row": p.row, "chosen_score": scores[j], "rejected_score": scores[batch.size + j]}
                     for j, p in enumerate(pairs[s : s + batch_size])]
     write_jsonl(Path(out), results)

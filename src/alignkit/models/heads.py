@@ -1,5 +1,17 @@
-"""A causal LM's decoder with a scalar head: reward models score a row at its last response token; a PPO
-critic reads a value at every position.
+"""A causal LM's decoder with a scalar head: reward models score a row's response, a PPO critic reads a value
+at every position.
+
+A reward model's score pools the head's per-token values over the response tokens (`pooling`):
+- `last`: the value at the last response token (its end-of-turn token), as TRL's and OpenRLHF's reward models.
+- `mean`: the mean over the response tokens. Two answers that share a prefix share its values exactly (causal
+  attention), so Bradley–Terry's difference is made where they part: the head learns which token went wrong
+  (a digit slip) where it happens, instead of carrying that to the last token.
+- `min`: the lowest value over the response tokens: an answer is as good as its worst token.
+
+With `logprob_weight` (a learned scalar a, `loss.token_logprob` in `alignkit rm`), each response token's value
+also counts the model's own log-probability of that token: value_t = head(h_t) + a · log p(y_t | y_<t, x), read
+from the same forward (the LM head on the previous position). A model that can do the task gives a slipped digit
+a low log-probability; the head alone has to learn to see the slip from the token after it.
 
 Saved as the (merged) causal LM plus `score_head.safetensors` and a marker file, so one loader serves both
 and a PPO value model can start from a trained reward model.
@@ -18,12 +30,20 @@ from alignkit.models.logprobs import base_model
 
 MARKER = "alignkit_scalar_head.json"
 HEAD_FILE = "score_head.safetensors"
+POOLINGS = ("last", "mean", "min")
 
 
 class ScalarHead(nn.Module):
-    def __init__(self, model: nn.Module, head: nn.Linear | None = None):
+    def __init__(self, model: nn.Module, head: nn.Linear | None = None, pooling: str = "last",
+                 logprob_weight: float | None = None):
         super().__init__()
-        self.model = model
+        if pooling not in POOLINGS:
+            raise AlignkitError(f"reward pooling '{pooling}': use one of {', '.join(POOLINGS)}")
+        if logprob_weight is not None and pooling == "last":
+            raise AlignkitError("a reward model with the token log-prob term pools over the response: "
+                                "pooling mean or min, not last")
+        self.model, self.pooling = model, pooling
+        self.logprob_weight = None if logprob_weight is None else nn.Parameter(torch.tensor([float(logprob_weight)]))
         hidden = base_model(model).config.hidden_size
         if head is None:
             head = nn.Linear(hidden, 1)
@@ -31,16 +51,38 @@ class ScalarHead(nn.Module):
             nn.init.zeros_(head.bias)
         self.head = head.to(next(model.parameters()).dtype)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores at `positions` (B,) -> (B,); without positions, a value at every position (B, T).
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                response_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A value at every position (B, T); with `positions` (B,), the values there (B,); with `response_mask`
+        (B, T), True on response tokens, a reward model's score of each row (B,): the values pooled over the
+        response tokens as `pooling` says. (One forward for all three, so DDP and FSDP see every call.)
 
         input_ids (B, T) are right-padded: causal attention keeps padding out of every real position.
         """
+        if response_mask is not None and self.pooling == "last":
+            positions = last_positions(response_mask)
         hidden = base_model(self.model).get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, H)
-        if positions is None:
-            return self.head(hidden).squeeze(-1).float()  # (B, T)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        return self.head(hidden[rows, positions]).squeeze(-1).float()  # (B,)
+        if positions is not None:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            return self.head(hidden[rows, positions]).squeeze(-1).float()  # (B,)
+        values = self.head(hidden).squeeze(-1).float()  # (B, T)
+        if response_mask is None:
+            return values
+        if self.logprob_weight is not None:
+            values = values + self.logprob_weight * self._token_logps(hidden, input_ids, response_mask)
+        if self.pooling == "mean":
+            return (values * response_mask).sum(1) / response_mask.sum(1).clamp(min=1)
+        return values.masked_fill(~response_mask, float("inf")).amin(1)
+
+    def _token_logps(self, hidden, input_ids, response_mask) -> torch.Tensor:
+        """log p(y_t | y_<t) at every response position (B, T), zero elsewhere: the LM head on the position
+        before, over response positions only (the vocabulary-wide logits of a whole batch are not kept)."""
+        after = response_mask[:, 1:]  # position t + 1 is a response token: read the LM head at t
+        logits = base_model(self.model).get_output_embeddings()(hidden[:, :-1][after]).float()  # (N, V)
+        picked = torch.log_softmax(logits, -1).gather(1, input_ids[:, 1:][after][:, None]).squeeze(1)
+        out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
+        out[:, 1:][after] = picked  # a response token at position 0 has no context: the mask never has one there
+        return out
 
 
 def last_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -61,9 +103,13 @@ def save_scalar_model(module: ScalarHead, tokenizer, dest: Path, merge: bool, ki
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         head = module.head
-        save_file({"weight": head.weight.detach().contiguous().cpu(), "bias": head.bias.detach().contiguous().cpu()},
-                  str(tmp / HEAD_FILE))
-        (tmp / MARKER).write_text(json.dumps({"kind": kind, "hidden_size": head.in_features}))
+        tensors = {"weight": head.weight.detach().contiguous().cpu(), "bias": head.bias.detach().contiguous().cpu()}
+        if module.logprob_weight is not None:
+            tensors["logprob_weight"] = module.logprob_weight.detach().float().cpu()
+        save_file(tensors, str(tmp / HEAD_FILE))
+        (tmp / MARKER).write_text(json.dumps({"kind": kind, "hidden_size": head.in_features,
+                                              "pooling": module.pooling,
+                                              "token_logprob": module.logprob_weight is not None}))
         if kind == "reward":  # README.md from the run's saved config.yaml (next to `dest`), when there is one
             from alignkit.model_card import try_write
 
@@ -76,7 +122,8 @@ def load_scalar_model(path: str, dtype: str = "float32") -> ScalarHead:
     where = Path(resolve(path))
     if not (where / MARKER).is_file():
         raise AlignkitError(f"model '{path}': not a reward or value model (no {MARKER}; train one with alignkit rm)")
-    return ScalarHead(load_model(str(where), dtype), saved_head(where))
+    return ScalarHead(load_model(str(where), dtype), saved_head(where), saved_pooling(where),
+                      saved_logprob_weight(where))
 
 
 def saved_head(path: str | Path) -> nn.Linear | None:
@@ -89,6 +136,27 @@ def saved_head(path: str | Path) -> nn.Linear | None:
     if not (where / MARKER).is_file():
         return None
     state = load_file(str(where / HEAD_FILE))
+    state.pop("logprob_weight", None)
     head = nn.Linear(state["weight"].shape[1], 1)
     head.load_state_dict(state)
     return head
+
+
+def saved_pooling(path: str | Path) -> str | None:
+    """How the reward model at `path` pools its per-token values (`last` for one saved before pooling was a
+    choice); None for a model that is not a reward or value model."""
+    where = Path(path) / MARKER
+    if not where.is_file():
+        return None
+    return json.loads(where.read_text()).get("pooling", "last")
+
+
+def saved_logprob_weight(path: str | Path) -> float | None:
+    """The learned weight of the token log-prob term of the reward model at `path`; None without the term."""
+    from safetensors.torch import load_file
+
+    where = Path(path)
+    if not (where / MARKER).is_file():
+        return None
+    weight = load_file(str(where / HEAD_FILE)).get("logprob_weight")
+    return None if weight is None else weight.item()

@@ -246,11 +246,23 @@ def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
         model.config.use_cache = False
     if m.lora is not None:
         model = add_lora(model, m.lora)
-    if head == "scalar":  # a reward model trained further keeps its head
-        module = ScalarHead(model, saved_head(m.path))
+    if head == "scalar":  # a reward model trained further keeps its head, and its pooling unless told otherwise
+        module = ScalarHead(model, saved_head(m.path), *_reward_pooling(cfg.loss, m.path))
     else:
         module = SequenceLogps(model, t.logits_chunk, t.share_prompts)
     return model, module
+
+
+def _reward_pooling(loss, path: str) -> tuple[str, float | None]:
+    """A reward model's pooling and token log-prob weight: as the config says, else as the reward model it
+    starts from was saved (its learned weight kept), else last pooling without the term (TRL's reward model)."""
+    from alignkit.models.heads import saved_logprob_weight, saved_pooling
+
+    saved = saved_logprob_weight(path)
+    term = loss.token_logprob if loss.token_logprob is not None else saved is not None
+    weight = (saved if saved is not None else 1.0) if term else None
+    pooling = loss.pooling or saved_pooling(path) or ("mean" if term else "last")
+    return pooling, weight
 
 
 def load_task(cfg, run):
