@@ -64,3 +64,52 @@ def test_the_token_logprob_term_needs_a_pooling_over_the_response(rows):
 def test_an_unknown_pooling_is_refused(rows):
     with pytest.raises(AlignkitError, match="reward pooling 'max'"):
         ScalarHead(rows[0], pooling="max")
+
+
+def _saved(where, pooling, weight):
+    """A reward model's marker and head file as save_scalar_model writes them (no weights: not needed here)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from alignkit.models.heads import HEAD_FILE, MARKER
+
+    where.mkdir()
+    tensors = {"weight": torch.zeros(1, 4), "bias": torch.zeros(1)}
+    if weight is not None:
+        tensors["logprob_weight"] = torch.tensor([weight])
+    save_file(tensors, str(where / HEAD_FILE))
+    (where / MARKER).write_text(json.dumps({"kind": "reward", "hidden_size": 4, "pooling": pooling,
+                                            "token_logprob": weight is not None}))
+    return str(where)
+
+
+@pytest.mark.parametrize("saved, config, want", [
+    (None, {}, ("last", None)),  # a plain language model: TRL's reward model
+    (None, {"token_logprob": True}, ("mean", 1.0)),
+    (("mean", 0.8), {}, ("mean", 0.8)),  # trained further: pooling and the learned weight go on
+    (("mean", 0.8), {"pooling": "last"}, ("last", None)),  # last-token scoring has no room for the term
+    (("mean", 0.8), {"token_logprob": False}, ("mean", None)),
+    (("last", None), {"token_logprob": True}, ("mean", 1.0)),  # the term on a last-token model pools by mean
+    (("last", None), {"token_logprob": True, "pooling": "min"}, ("min", 1.0)),
+])
+def test_a_reward_models_pooling_and_term_come_from_the_config_else_the_model_it_starts_from(
+        tmp_path, saved, config, want):
+    from alignkit.config import RMLossConfig
+    from alignkit.train.setup import _reward_pooling
+
+    path = _saved(tmp_path / "rm", *saved) if saved else str(tmp_path / "plain")
+    pooling, weight = _reward_pooling(RMLossConfig(**config), path)
+    assert (pooling, weight if weight is None else round(weight, 6)) == want
+
+
+def test_the_token_logprob_term_is_refused_for_a_model_that_caps_or_scales_its_logits(rows):
+    model = rows[0]
+    for key, value in (("final_logit_softcapping", 30.0), ("logit_scale", 0.5)):
+        setattr(model.config, key, value)
+        try:
+            with pytest.raises(AlignkitError, match="soft-cap or scale their logits"):
+                ScalarHead(model, pooling="mean", logprob_weight=1.0)
+            ScalarHead(model, pooling="mean")  # the head alone reads hidden states: fine
+        finally:
+            setattr(model.config, key, None)

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from alignkit import AlignkitError
-from alignkit.models.logprobs import base_model
+from alignkit.models.logprobs import base_model, selected_token_logps
 
 MARKER = "alignkit_scalar_head.json"
 HEAD_FILE = "score_head.safetensors"
 POOLINGS = ("last", "mean", "min")
+LOGITS_CHUNK = 1024  # response rows per LM-head chunk of the token log-prob term (train.logits_chunk's default)
 
 
 class ScalarHead(nn.Module):
@@ -42,14 +43,21 @@ class ScalarHead(nn.Module):
         if logprob_weight is not None and pooling == "last":
             raise AlignkitError("a reward model with the token log-prob term pools over the response: "
                                 "pooling mean or min, not last")
+        cfg = base_model(model).config
+        if logprob_weight is not None and (getattr(cfg, "final_logit_softcapping", None)
+                                           or getattr(cfg, "logit_scale", None)):
+            raise AlignkitError(f"the token log-prob term reads the LM head directly; {cfg.model_type} models "
+                                "soft-cap or scale their logits after it: train this reward model without "
+                                "loss.token_logprob")
         self.model, self.pooling = model, pooling
-        self.logprob_weight = None if logprob_weight is None else nn.Parameter(torch.tensor([float(logprob_weight)]))
-        hidden = base_model(model).config.hidden_size
+        hidden = cfg.hidden_size
         if head is None:
             head = nn.Linear(hidden, 1)
             nn.init.normal_(head.weight, std=1 / (hidden + 1) ** 0.5)
             nn.init.zeros_(head.bias)
         self.head = head.to(next(model.parameters()).dtype)
+        self.logprob_weight = None if logprob_weight is None else nn.Parameter(
+            torch.tensor([float(logprob_weight)], dtype=self.head.weight.dtype))  # one dtype for FSDP's groups
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
                 response_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,10 +84,10 @@ class ScalarHead(nn.Module):
 
     def _token_logps(self, hidden, input_ids, response_mask) -> torch.Tensor:
         """log p(y_t | y_<t) at every response position (B, T), zero elsewhere: the LM head on the position
-        before, over response positions only (the vocabulary-wide logits of a whole batch are not kept)."""
+        before, over response positions only (the vocabulary-wide logits of a whole batch are never held)."""
         after = response_mask[:, 1:]  # position t + 1 is a response token: read the LM head at t
-        logits = base_model(self.model).get_output_embeddings()(hidden[:, :-1][after]).float()  # (N, V)
-        picked = torch.log_softmax(logits, -1).gather(1, input_ids[:, 1:][after][:, None]).squeeze(1)
+        picked = selected_token_logps(hidden[:, :-1][after], base_model(self.model).get_output_embeddings(),
+                                      input_ids[:, 1:][after], LOGITS_CHUNK)  # (N,), in chunks of rows
         out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
         out[:, 1:][after] = picked  # a response token at position 0 has no context: the mask never has one there
         return out

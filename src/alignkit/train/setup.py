@@ -258,10 +258,15 @@ def _reward_pooling(loss, path: str) -> tuple[str, float | None]:
     starts from was saved (its learned weight kept), else last pooling without the term (TRL's reward model)."""
     from alignkit.models.heads import saved_logprob_weight, saved_pooling
 
-    saved = saved_logprob_weight(path)
-    term = loss.token_logprob if loss.token_logprob is not None else saved is not None
+    saved, saved_pool = saved_logprob_weight(path), saved_pooling(path)
+    if loss.token_logprob is not None:
+        term = loss.token_logprob
+    else:  # a saved term goes on, unless the config asks for last-token scoring, which has no room for it
+        term = saved is not None and loss.pooling != "last"
     weight = (saved if saved is not None else 1.0) if term else None
-    pooling = loss.pooling or saved_pooling(path) or ("mean" if term else "last")
+    if saved_pool == "last" and term:  # the term on a last-token reward model: it pools over the response
+        saved_pool = None
+    pooling = loss.pooling or saved_pool or ("mean" if term else "last")
     return pooling, weight
 
 
