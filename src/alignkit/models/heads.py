@@ -31,12 +31,11 @@ from alignkit.models.logprobs import base_model, selected_token_logps
 MARKER = "alignkit_scalar_head.json"
 HEAD_FILE = "score_head.safetensors"
 POOLINGS = ("last", "mean", "min")
-LOGITS_CHUNK = 1024  # response rows per LM-head chunk of the token log-prob term (train.logits_chunk's default)
 
 
 class ScalarHead(nn.Module):
     def __init__(self, model: nn.Module, head: nn.Linear | None = None, pooling: str = "last",
-                 logprob_weight: float | None = None):
+                 logprob_weight: float | None = None, logits_chunk: int = 1024):
         super().__init__()
         if pooling not in POOLINGS:
             raise AlignkitError(f"reward pooling '{pooling}': use one of {', '.join(POOLINGS)}")
@@ -49,7 +48,7 @@ class ScalarHead(nn.Module):
             raise AlignkitError(f"the token log-prob term reads the LM head directly; {cfg.model_type} models "
                                 "soft-cap or scale their logits after it: train this reward model without "
                                 "loss.token_logprob")
-        self.model, self.pooling = model, pooling
+        self.model, self.pooling, self.logits_chunk = model, pooling, logits_chunk  # chunk: train.logits_chunk
         hidden = cfg.hidden_size
         if head is None:
             head = nn.Linear(hidden, 1)
@@ -87,7 +86,7 @@ class ScalarHead(nn.Module):
         before, over response positions only (the vocabulary-wide logits of a whole batch are never held)."""
         after = response_mask[:, 1:]  # position t + 1 is a response token: read the LM head at t
         picked = selected_token_logps(hidden[:, :-1][after], base_model(self.model).get_output_embeddings(),
-                                      input_ids[:, 1:][after], LOGITS_CHUNK)  # (N,), in chunks of rows
+                                      input_ids[:, 1:][after], self.logits_chunk)  # (N,), in chunks of rows
         out = torch.zeros(input_ids.shape, dtype=picked.dtype, device=picked.device)
         out[:, 1:][after] = picked  # a response token at position 0 has no context: the mask never has one there
         return out

@@ -247,7 +247,7 @@ def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
     if m.lora is not None:
         model = add_lora(model, m.lora)
     if head == "scalar":  # a reward model trained further keeps its head, and its pooling unless told otherwise
-        module = ScalarHead(model, saved_head(m.path), *_reward_pooling(cfg.loss, m.path))
+        module = ScalarHead(model, saved_head(m.path), *_reward_pooling(cfg.loss, m.path), t.logits_chunk)
     else:
         module = SequenceLogps(model, t.logits_chunk, t.share_prompts)
     return model, module
