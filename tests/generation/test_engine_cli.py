@@ -17,7 +17,7 @@ from alignkit.cli import main
 from conftest import ROOT
 
 pytest.register_assert_rewrite("vllm_testing")
-from vllm_testing import NATS  # noqa: E402
+from vllm_testing import NATS, same_or_tied  # noqa: E402
 
 pytest_plugins = ["vllm_testing"]  # the fixtures: smol, vllm_engine, second_engine
 
@@ -126,12 +126,25 @@ def test_engine_killed_mid_run_stops_with_the_step_then_a_rerun_resumes(second_e
 
 
 def test_eval_accuracy_and_pairs_build_through_the_engine_equal_local(vllm_engine, smol, tmp_path, capsys):
+    """Both commands give the local sampler's greedy results row for row. Greedy decoding on two engines may part
+    where the model's top two tokens tie to within float error (one such tie is among these questions on some
+    machines: "8" and "6" 2e-6 nats apart); a row whose answer parts there is checked to part at a tie, every
+    other row must be equal in full."""
+    model, tok = smol
     common = ["eval", "accuracy", "--model", MODEL, "--task", "addition-2d", "--split", "heldout", "--limit", "20",
               "--max-new-tokens", "48"]
     main([*common, "--out", str(tmp_path / "local")])
     main([*common, "--out", str(tmp_path / "vllm"), "--backend", "vllm", "--engine-url", vllm_engine.url])
     local, engine = _jsonl(tmp_path / "local" / "results.jsonl"), _jsonl(tmp_path / "vllm" / "results.jsonl")
-    assert [r["response"] for r in engine] == [r["response"] for r in local]
+    assert [r["id"] for r in engine] == [r["id"] for r in local] and len(local) == 20
+    tied = 0
+    for e, l in zip(engine, local):
+        if e["response"] != l["response"]:
+            messages = [{"role": "user", "content": l["question"]}]
+            assert same_or_tied(model, tok, messages, e["response"], l["response"]), l["id"]
+            tied += 1
+        else:
+            assert e == l
     assert json.loads((tmp_path / "vllm" / "summary.json").read_text())["backend"] == "vllm"
 
     built = {}
@@ -147,4 +160,15 @@ def test_eval_accuracy_and_pairs_build_through_the_engine_equal_local(vllm_engin
     # the student); the engine's answers come without that record. Everything else is the same.
     recorded = [p["metadata"].pop("student_logps") for p in built["local"][1]]
     assert recorded and all(r["token_ids"] for r in recorded)
-    assert built["vllm"] == built["local"] and built["local"][1]  # the same questions, answers and pairs
+    outcomes = {b: {r["id"]: r for r in built[b][0]} for b in built}
+    pairs = {b: {p["metadata"]["id"]: p for p in built[b][1]} for b in built}
+    assert list(outcomes["vllm"]) == list(outcomes["local"]) and len(outcomes["local"]) == 12
+    assert pairs["local"]  # the base student gets most of these wrong: there are pairs to compare
+    for qid in outcomes["local"]:
+        e, l = pairs["vllm"].get(qid), pairs["local"].get(qid)
+        if e and l and e["rejected"] != l["rejected"]:
+            assert same_or_tied(model, tok, l["prompt"], e["rejected"][0]["content"], l["rejected"][0]["content"]), qid
+            tied += 1
+            continue
+        assert (outcomes["vllm"][qid], e) == (outcomes["local"][qid], l)
+    assert tied <= 3  # ties are rare; many would mean the comparison is too lax

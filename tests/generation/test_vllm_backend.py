@@ -19,7 +19,8 @@ from alignkit.generation.vllm_backend import VLLMBackend
 from alignkit.tasks.arithmetic import Arithmetic
 
 pytest.register_assert_rewrite("vllm_testing")  # it is also these tests' plugin (pytest_plugins below)
-from vllm_testing import NATS, addition_prompts, greedy, max_gap, nudge, trainer_logps, with_lora  # noqa: E402
+from vllm_testing import (NATS, addition_prompts, greedy, max_gap, nudge, tied_rows, trainer_logps,  # noqa: E402
+                          with_lora)
 
 pytest_plugins = ["vllm_testing"]  # the fixtures: smol, vllm_engine
 
@@ -39,7 +40,11 @@ def test_greedy_answers_equal_the_local_backend(parity, smol):
     items, prompts, engine_samples, local_samples = parity
     task = Arithmetic("add", 2)
     assert len(engine_samples) == len(local_samples) == 24
-    for item, e, l in zip(items, engine_samples, local_samples):
+    tied = tied_rows(smol[0], prompts, engine_samples, local_samples)  # parted at a float tie: checked there
+    assert len(tied) <= 2
+    for i, (item, e, l) in enumerate(zip(items, engine_samples, local_samples)):
+        if i in tied:
+            continue
         assert e.token_ids == l.token_ids, item.question
         assert (e.text, e.finished) == (l.text, l.finished)
         assert task.evaluate(item, e.text) == task.evaluate(item, l.text)
@@ -90,9 +95,10 @@ def assert_not_serving(engine, model, tok, prompts) -> None:
 
 
 def assert_serves(engine, model, tok, prompts, version: int) -> None:
-    """The engine's greedy answers equal the trainer model's (local backend), log-probs within 1e-3 nats."""
+    """The engine's greedy answers equal the trainer model's (local backend; a row may part at a float tie),
+    log-probs within 1e-3 nats."""
     served = greedy(engine, prompts)
-    assert [s.token_ids for s in served] == [s.token_ids for s in greedy(LocalBackend(model, tok), prompts)]
+    assert len(tied_rows(model, prompts, served, greedy(LocalBackend(model, tok), prompts))) <= 1
     assert max_gap(served, trainer_logps(model, tok.pad_token_id, prompts, served)) < NATS
     assert all(s.weight_version == version for s in served)
 

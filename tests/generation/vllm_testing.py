@@ -172,6 +172,42 @@ def max_gap(engine_samples, reference: list[list[float]]) -> float:
     return max(abs(a - b) for s, ref in zip(engine_samples, reference) for a, b in zip(s.logps, ref, strict=True))
 
 
+def greedy_split(model, prompt_ids: list[int], a: list[int], b: list[int]) -> tuple[int, float] | None:
+    """Where two greedy continuations of one prompt first differ, and by how much the trainer model prefers one of
+    the two tokens chosen there (nats, the larger minus the smaller); None when they do not differ. Greedy decoding
+    on two engines may part only where the top two tokens tie to within float error (NATS), and must then also be
+    the trainer's best: a split elsewhere is a real disagreement. Returns (position, preference) for the caller."""
+    if a == b:
+        return None
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    if k == min(len(a), len(b)):  # one stopped where the other went on: not a tie between two tokens
+        return k, float("inf")
+    model.eval()
+    with torch.no_grad():
+        logps = model(torch.tensor([list(prompt_ids) + list(a[:k])])).logits[0, -1].float().log_softmax(-1)
+    best = logps.max().item()
+    return k, max(best - logps[a[k]].item(), best - logps[b[k]].item())
+
+
+def tied_rows(model, prompts: list[list[int]], a_samples, b_samples) -> set[int]:
+    """The rows where two backends' greedy samples part; asserts each parts at a tie (greedy_split)."""
+    tied = set()
+    for i, (p, a, b) in enumerate(zip(prompts, a_samples, b_samples, strict=True)):
+        split = greedy_split(model, p, list(a.token_ids), list(b.token_ids))
+        if split is not None:
+            assert split[1] <= NATS, f"row {i} parts at token {split[0]}, not a tie: {split[1]:.4f} nats"
+            tied.add(i)
+    return tied
+
+
+def same_or_tied(model, tokenizer, messages: list[dict], a: str, b: str) -> bool:
+    """Two greedy answers (texts) to one chat prompt are the same, or part only at a tie (see greedy_split)."""
+    prompt = chat_prompt_ids(tokenizer, messages)
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in (a, b)]
+    split = greedy_split(model, prompt, *ids)
+    return split is None or split[1] <= NATS
+
+
 def nudge(model, seed: int, name_part: str, scale: float) -> None:
     """A training step's stand-in: change the weights whose names contain `name_part`, reproducibly."""
     gen = torch.Generator().manual_seed(seed)
