@@ -98,3 +98,25 @@ def test_the_local_backend_in_bf16_samples_under_autocast(lm):
         if x.token_ids == y.token_ids:
             assert y.logps[0] != x.logps[0] and y.logps[0] == pytest.approx(x.logps[0], abs=0.1)
     assert model.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")  # nothing left switched on
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.3, 0.8)])
+def test_a_sampled_token_follows_the_tempered_top_p_distribution(temperature, top_p):
+    """20,000 rows, each with its own stream, draw from one distribution: every token's frequency is within five
+    standard errors of its probability (after temperature and top-p), and tokens without mass never come up."""
+    from alignkit.generation.sample import _pick
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, float("-inf"), 1.5])
+    probs = torch.softmax(logits / temperature, -1)
+    if top_p < 1.0:
+        ordered, order = probs.sort(descending=True)
+        ordered[(ordered.cumsum(0) - ordered) > top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+        probs /= probs.sum()
+    rows = 20_000
+    picked = _pick(logits.expand(rows, -1).clone(), temperature, top_p,
+                   [torch.Generator().manual_seed(i) for i in range(rows)])
+    freq = torch.bincount(picked, minlength=len(logits)).double() / rows
+    se = (probs.double() * (1 - probs.double()) / rows).sqrt()
+    assert torch.all((freq - probs.double()).abs() <= 5 * se + 1e-12), (freq, probs)
+    assert freq[probs == 0].sum() == 0 and (probs == 0).sum() >= 1
