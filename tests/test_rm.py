@@ -89,8 +89,8 @@ def test_a_reward_model_trained_further_starts_from_its_own_head(tiny_model, tmp
     assert logged["eval_margin"] == pytest.approx(scored["margin"], abs=1e-4)
     assert logged["eval_accuracy"] == pytest.approx(scored["accuracy"], abs=1e-6)
     if "token_logprob" in pooling:  # the learned weight carried over, not started again at 1
-        from alignkit.models.heads import saved_logprob_weight
+        from alignkit.models.heads import saved_scorer
 
-        weight = saved_logprob_weight(first / "final")
+        weight = saved_scorer(first / "final").logprob_weight
         assert abs(weight - 1.0) > 1e-5
-        assert saved_logprob_weight(second / "final") == pytest.approx(weight, abs=1e-8)
+        assert saved_scorer(second / "final").logprob_weight == pytest.approx(weight, abs=1e-8)

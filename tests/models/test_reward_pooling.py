@@ -96,10 +96,11 @@ def _saved(where, pooling, weight):
 def test_a_reward_models_pooling_and_term_come_from_the_config_else_the_model_it_starts_from(
         tmp_path, saved, config, want):
     from alignkit.config import RMLossConfig
+    from alignkit.models.heads import saved_scorer
     from alignkit.train.setup import _reward_pooling
 
     path = _saved(tmp_path / "rm", *saved) if saved else str(tmp_path / "plain")
-    pooling, weight = _reward_pooling(RMLossConfig(**config), path)
+    pooling, weight = _reward_pooling(RMLossConfig(**config), saved_scorer(path))
     assert (pooling, weight if weight is None else round(weight, 6)) == want
 
 

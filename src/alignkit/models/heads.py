@@ -20,6 +20,7 @@ and a PPO value model can start from a trained reward model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -129,41 +130,33 @@ def load_scalar_model(path: str, dtype: str = "float32") -> ScalarHead:
     where = Path(resolve(path))
     if not (where / MARKER).is_file():
         raise AlignkitError(f"model '{path}': not a reward or value model (no {MARKER}; train one with alignkit rm)")
-    return ScalarHead(load_model(str(where), dtype), saved_head(where), saved_pooling(where),
-                      saved_logprob_weight(where))
+    saved = saved_scorer(where)
+    return ScalarHead(load_model(str(where), dtype), saved.head, saved.pooling, saved.logprob_weight)
 
 
-def saved_head(path: str | Path) -> nn.Linear | None:
-    """The scalar head saved with a reward or value model at `path`; None for any other model. A reward model
-    trained further (`alignkit rm` with model.path a reward model, as TRL's AutoModelForSequenceClassification
-    keeps its score layer) starts from its own head, not a fresh one."""
+@dataclass(frozen=True)
+class SavedScorer:
+    """What a reward or value model saved beside its LM: the scalar head, how it pools per-token values (`last`
+    for one saved before pooling was a choice), and the learned weight of its token log-prob term (None
+    without one)."""
+
+    head: nn.Linear
+    pooling: str
+    logprob_weight: float | None
+
+
+def saved_scorer(path: str | Path) -> SavedScorer | None:
+    """The scorer saved with a reward or value model at `path`; None for any other model. A reward model trained
+    further (`alignkit rm` with model.path a reward model, as TRL's AutoModelForSequenceClassification keeps its
+    score layer) starts from its own head, pooling and weight, not fresh ones."""
     from safetensors.torch import load_file
 
     where = Path(path)
     if not (where / MARKER).is_file():
         return None
     state = load_file(str(where / HEAD_FILE))
-    state.pop("logprob_weight", None)
+    weight = state.pop("logprob_weight", None)
     head = nn.Linear(state["weight"].shape[1], 1)
     head.load_state_dict(state)
-    return head
-
-
-def saved_pooling(path: str | Path) -> str | None:
-    """How the reward model at `path` pools its per-token values (`last` for one saved before pooling was a
-    choice); None for a model that is not a reward or value model."""
-    where = Path(path) / MARKER
-    if not where.is_file():
-        return None
-    return json.loads(where.read_text()).get("pooling", "last")
-
-
-def saved_logprob_weight(path: str | Path) -> float | None:
-    """The learned weight of the token log-prob term of the reward model at `path`; None without the term."""
-    from safetensors.torch import load_file
-
-    where = Path(path)
-    if not (where / MARKER).is_file():
-        return None
-    weight = load_file(str(where / HEAD_FILE)).get("logprob_weight")
-    return None if weight is None else weight.item()
+    pooling = json.loads((where / MARKER).read_text()).get("pooling", "last")
+    return SavedScorer(head, pooling, None if weight is None else weight.item())

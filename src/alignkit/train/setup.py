@@ -224,7 +224,7 @@ def fresh_module(cfg, head: str = "logps") -> nn.Module:
 
 
 def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
-    from alignkit.models.heads import ScalarHead, saved_head
+    from alignkit.models.heads import ScalarHead, saved_scorer
     from alignkit.models.logprobs import SequenceLogps
 
     m, t = cfg.model, cfg.train
@@ -247,18 +247,18 @@ def _build(cfg, head: str, before_adapter) -> tuple[nn.Module, nn.Module]:
     if m.lora is not None:
         model = add_lora(model, m.lora)
     if head == "scalar":  # a reward model trained further keeps its head, and its pooling unless told otherwise
-        module = ScalarHead(model, saved_head(m.path), *_reward_pooling(cfg.loss, m.path), t.logits_chunk)
+        saved = saved_scorer(m.path)
+        module = ScalarHead(model, saved and saved.head, *_reward_pooling(cfg.loss, saved), t.logits_chunk)
     else:
         module = SequenceLogps(model, t.logits_chunk, t.share_prompts)
     return model, module
 
 
-def _reward_pooling(loss, path: str) -> tuple[str, float | None]:
+def _reward_pooling(loss, scorer) -> tuple[str, float | None]:
     """A reward model's pooling and token log-prob weight: as the config says, else as the reward model it
-    starts from was saved (its learned weight kept), else last pooling without the term (TRL's reward model)."""
-    from alignkit.models.heads import saved_logprob_weight, saved_pooling
-
-    saved, saved_pool = saved_logprob_weight(path), saved_pooling(path)
+    starts from was saved (`scorer`, models/heads.SavedScorer; its learned weight kept), else last pooling
+    without the term (TRL's reward model)."""
+    saved, saved_pool = (scorer.logprob_weight, scorer.pooling) if scorer else (None, None)
     if loss.token_logprob is not None:
         term = loss.token_logprob
     else:  # a saved term goes on, unless the config asks for last-token scoring, which has no room for it
