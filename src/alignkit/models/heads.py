@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from alignkit import AlignkitError
-from alignkit.models.logprobs import base_model, selected_token_logps
+from alignkit.models.logprobs import base_model, selected_token_logps, transforms_logits
 
 MARKER = "alignkit_scalar_head.json"
 HEAD_FILE = "score_head.safetensors"
@@ -44,8 +44,7 @@ class ScalarHead(nn.Module):
             raise AlignkitError("a reward model with the token log-prob term pools over the response: "
                                 "pooling mean or min, not last")
         cfg = base_model(model).config
-        if logprob_weight is not None and (getattr(cfg, "final_logit_softcapping", None)
-                                           or getattr(cfg, "logit_scale", None)):
+        if logprob_weight is not None and transforms_logits(cfg):
             raise AlignkitError(f"the token log-prob term reads the LM head directly; {cfg.model_type} models "
                                 "soft-cap or scale their logits after it: train this reward model without "
                                 "loss.token_logprob")

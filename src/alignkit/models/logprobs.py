@@ -26,7 +26,8 @@ KEEP_SOFTMAX_BYTES = 256 * 2**20  # the head's softmax kept for backward up to t
 
 
 class _LinearLogSoftmaxGather(torch.autograd.Function):
-    """log_softmax(hidden @ weight.T)[targets], chunked over rows; logits recomputed in backward."""
+    """log_softmax(hidden @ weight.T)[targets], chunked over rows; in backward the softmax kept from forward
+    (up to KEEP_SOFTMAX_BYTES), else the logits recomputed."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk: int, dtype: torch.dtype):
@@ -86,6 +87,12 @@ def selected_token_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.T
     return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def transforms_logits(config) -> bool:
+    """The model soft-caps or scales its logits after the LM head (Gemma 2, Cohere): reading the head directly
+    would not give its log-probs."""
+    return bool(getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+
+
 def base_model(model):
     """The transformers model under a peft wrapper (LoRA layers stay injected)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -121,7 +128,7 @@ class SequenceLogps(nn.Module):
         stays inside each sequence (transformers derives the block-diagonal causal mask from them)."""
         hf = base_model(self.model)
         cfg = hf.config
-        if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        if transforms_logits(cfg):
             token_logps, where = self._plain_logits(hf, input_ids, response_mask, position_ids)  # model's own head
         elif (position_ids is None
               and (self.share_prompts if self.share_prompts is not None else input_ids.device.type == "cpu")
