@@ -173,10 +173,10 @@ def max_gap(engine_samples, reference: list[list[float]]) -> float:
 
 
 def greedy_split(model, prompt_ids: list[int], a: list[int], b: list[int]) -> tuple[int, float] | None:
-    """Where two greedy continuations of one prompt first differ, and by how much the trainer model prefers one of
-    the two tokens chosen there (nats, the larger minus the smaller); None when they do not differ. Greedy decoding
-    on two engines may part only where the top two tokens tie to within float error (NATS), and must then also be
-    the trainer's best: a split elsewhere is a real disagreement. Returns (position, preference) for the caller."""
+    """Where two greedy continuations of one prompt first differ, and how far the lower of the two tokens chosen
+    there sits below the trainer model's best token (nats; 0 for both when they tie at the top); None when they
+    do not differ, inf when one stops where the other goes on. Greedy decoding on two engines may part only where
+    both tokens are the best to within float error (NATS): a split elsewhere is a real disagreement."""
     if a == b:
         return None
     k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
