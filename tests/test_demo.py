@@ -46,6 +46,8 @@ def test_demo_runs_every_stage_and_writes_the_report(tiny_model, tmp_path, capsy
     templates = {r["phrasing"] for r in base}
     counts = [int(n) for n in re.findall(r"“[^”]*”(?: \(unseen phrasing\))?, (\d+) questions", table)]
     assert len(counts) == len(templates) and sum(counts) == 8
+    # and per language: the demo's one language, all 8 questions
+    assert re.findall(r"<td>language (\w+), (\d+) questions</td>", table) == [("en", "8")]
     pairs = sum(1 for line in (out / "pairs" / "pairs.jsonl").read_text().splitlines() if line.strip())
     built = re.search(r"<h2>Pairs built</h2><table><thead>.*?</thead><tbody><tr><td>1</td><td>(\d+)</td>"
                       r"<td>(\d+)</td>", html)

@@ -233,14 +233,12 @@ def _share(rows: list[dict]) -> str:
 
 
 def _group_rows(base: list[dict], trained: list[list[dict]]) -> list[list[str]]:
-    """Accuracy before and after (each round) per language (when there are several) and per phrasing template,
-    each template shown by one of its questions and marked when training never used it."""
+    """Accuracy before and after (each round) per language and per phrasing template, each template shown by one
+    of its questions and marked when training never used it."""
     rows = []
     for key in ("language", "phrasing"):
         names = sorted({r[key] for r in base if key in r}, key=lambda n: (n.split("/")[0], int(n.split("/")[-1]))
                        if key == "phrasing" else n)
-        if len(names) < 2 and key == "language":
-            continue
         for name in names:
             before = [r for r in base if r.get(key) == name]
             if key == "language":
