@@ -44,6 +44,34 @@ def test_logps_equal_a_full_forward(lm):
             assert torch.allclose(torch.tensor(s.logps), expected, atol=1e-4)
 
 
+def test_score_end_gives_a_cut_samples_end_of_turn_log_probs_and_changes_no_sample(lm):
+    """With score_end, each sample cut at max_new_tokens gets the log-prob of every end-of-turn id right after its
+    last token, equal to a full forward pass; finished samples get none, and the samples are the same."""
+    model, tok = lm
+    prompts = _prompts(tok)
+    plain = generate(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=6, seed=4)
+    free = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=6, stop_ids=set())
+    stop = {free[1][0].token_ids[2], tok.eos_token_id}  # prompt 1 finishes at its third greedy token
+    scored = generate(model, tok, prompts, n=3, temperature=1.0, max_new_tokens=6, seed=4, score_end=True)
+    assert [[s.token_ids for s in row] for row in scored] == [[s.token_ids for s in row] for row in plain]
+    stopped = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=6, stop_ids=stop, score_end=True)
+    assert stopped[1][0].finished and stopped[1][0].end_logps is None
+    cut = [s for row in scored + stopped for s in row if not s.finished]
+    assert len(cut) >= 4 and all(s.end_logps is None for row in plain for s in row)
+    from alignkit.data.chat import end_of_turn_ids
+
+    for stop_ids, rows in ((end_of_turn_ids(tok), scored), (stop, stopped)):
+        for prompt, row in zip(prompts, rows):
+            for s in row:
+                if s.finished:
+                    continue
+                with torch.no_grad():
+                    after = model(torch.tensor([prompt + s.token_ids])).logits[0, -1].log_softmax(-1)
+                assert set(s.end_logps) == stop_ids
+                for t, lp in s.end_logps.items():
+                    assert lp == pytest.approx(float(after[t]), abs=1e-4)
+
+
 def test_a_rows_sample_does_not_depend_on_its_batch(lm):
     model, tok = lm
     prompts = _prompts(tok)

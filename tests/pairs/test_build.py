@@ -283,6 +283,34 @@ def test_recorded_rejected_log_probs_serve_as_dpo_reference(tiny_model, tmp_path
         assert cached[pair_key(p)]["rejected_logp"] == pytest.approx(d["rejected_logp"], abs=1e-4)
 
 
+def test_a_cut_answers_record_closes_its_turn_as_dpo_tokenizes_it(tokenizer):
+    """An answer cut at max_new_tokens is recorded over the ids DPO's tokenization gives it (its own ids and the
+    end-of-turn token the chat template closes it with), with that token's log-prob added from end_logps; a
+    finished answer, or one whose ids DPO would tokenize otherwise, is recorded as sampled."""
+    from alignkit.data.chat import Tokenize
+    from alignkit.generation.sample import Sample
+    from alignkit.pairs.build import _sampler_record
+
+    prompt = [{"role": "user", "content": "What is 12 + 30?"}]
+    tokenize = Tokenize(tokenizer)
+    _, dpo = tokenize.responses(prompt, {"r": [{"role": "assistant", "content": "Tens: 10 + 30 = 40, and"}]}, "t")
+    ids, close = dpo["r"][:-1], dpo["r"][-1]
+    ends = {close: -0.25, tokenizer.eos_token_id: -3.0} if close != tokenizer.eos_token_id else {close: -0.25}
+    logps = [-0.5] * len(ids)
+    cut = Sample("Tens: 10 + 30 = 40, and", ids, logps, finished=False, end_logps=ends)
+    record = _sampler_record(("fp", "torch.float32", tokenize), cut, prompt)
+    assert record == {"model": "fp", "dtype": "torch.float32", "token_ids": dpo["r"], "logp": sum(logps) - 0.25}
+    # ids DPO would not give this text (one of its tokens split in two) stay as sampled, without the end
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    odd_ids = next(ids[:k] + encode(piece[:1]) + encode(piece[1:]) + ids[k + 1:]
+                   for k, piece in enumerate(tokenizer.decode([t]) for t in ids) if len(piece) > 1)
+    assert len(odd_ids) == len(ids) + 1 and tokenizer.decode(odd_ids) == cut.text
+    odd = Sample(cut.text, odd_ids, [-0.5] * len(odd_ids), finished=False, end_logps=ends)
+    assert _sampler_record(("fp", "d", tokenize), odd, prompt)["token_ids"] == odd_ids
+    done = Sample(cut.text, dpo["r"], logps + [-0.1], finished=True)
+    assert _sampler_record(("fp", "d", tokenize), done, prompt)["logp"] == pytest.approx(sum(logps) - 0.1)
+
+
 def test_a_student_answer_with_control_text_is_never_the_rejected_one(tokenizer):
     """A rejected answer holding `<|im_end|>` would be trained on as the student's own end of turn (and a forged
     user turn after it): another wrong answer is taken instead, and with none left the question is dropped."""

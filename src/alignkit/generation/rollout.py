@@ -64,13 +64,15 @@ class RolloutBackend(Protocol):
 
 class LocalBackend:
     """The reference: `sample.generate` (batched KV-cache sampler) on the policy model in this process; with
-    `bf16`, under bf16 autocast (faster where the processor has bf16 units; `precision` says which ran)."""
+    `bf16`, under bf16 autocast (faster where the processor has bf16 units; `precision` says which ran); with
+    `score_end`, cut samples carry their end-of-turn tokens' log-probs (sample.py)."""
 
     name = "local"
 
-    def __init__(self, model, tokenizer, batch_size: int = 32, stop_ids: set[int] | None = None, bf16: bool = False):
+    def __init__(self, model, tokenizer, batch_size: int = 32, stop_ids: set[int] | None = None, bf16: bool = False,
+                 score_end: bool = False):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.stop_ids, self.bf16 = batch_size, stop_ids, bf16
+        self.batch_size, self.stop_ids, self.bf16, self.score_end = batch_size, stop_ids, bf16, score_end
         self.weight_version = 0
 
     @property
@@ -90,7 +92,7 @@ class LocalBackend:
         with torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext():
             samples = generate(self.model, self.tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, seed=seed, batch_size=self.batch_size,
-                               stop_ids=self.stop_ids, prompt_keys=prompt_keys)
+                               stop_ids=self.stop_ids, prompt_keys=prompt_keys, score_end=self.score_end)
         for row in samples:
             for sample in row:
                 sample.weight_version = self.weight_version

@@ -11,7 +11,9 @@ an uninterrupted one would have. Rows that reach an end-of-turn token leave the 
 the batch shrinks as answers finish.
 
 `logps` are the model's own per-token log-probs (temperature 1, before top-p), which is what a reference or
-an old policy would assign to the same tokens.
+an old policy would assign to the same tokens. With `score_end`, a sample cut at max_new_tokens also gets
+`end_logps`: the log-prob of each end-of-turn token right after its last one (one more forward step for the rows
+still going), which is what a trainer that closes the cut answer's turn scores there.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Sample:
     logps: list[float] = field(default_factory=list)  # per token of token_ids
     finished: bool = False  # ended with an end-of-turn token (False: hit max_new_tokens)
     weight_version: int = 0  # the policy weights that produced it: syncs made by its rollout backend (rollout.py)
+    # score_end, a cut sample only: {end-of-turn id: its log-prob right after token_ids}
+    end_logps: dict[int, float] | None = None
 
 
 def _row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
@@ -64,7 +68,8 @@ def _common_prefix(prompts: list[tuple[int, ...]], min_len: int = 4) -> int:
 
 @torch.no_grad()
 def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int, stop_ids: set[int],
-                    temperature: float, top_p: float, max_new_tokens: int) -> list[tuple[list[int], list[float], bool]]:
+                    temperature: float, top_p: float, max_new_tokens: int, score_end: bool = False
+                    ) -> list[tuple[list[int], list[float], bool, dict[int, float] | None]]:
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -100,8 +105,14 @@ def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int,
     out_ids: list[list[int]] = [[] for _ in rows]
     out_logps: list[list[float]] = [[] for _ in rows]
     finished = [False] * len(rows)
+    end_logps: list[dict[int, float] | None] = [None] * len(rows)
     alive = torch.arange(len(rows))  # original row index of each batch row
-    for step in range(max_new_tokens):
+    for step in range(max_new_tokens + 1):
+        if step == max_new_tokens:  # score_end: the end-of-turn tokens after each cut row's last token
+            ends = logits.log_softmax(-1)[:, stop]
+            for b, i in enumerate(alive.tolist()):
+                end_logps[i] = {int(t): float(v) for t, v in zip(stop.tolist(), ends[b])}
+            break
         token = _pick(logits, temperature, top_p, [generators[i] for i in alive.tolist()])  # (B,)
         token_logp = logits.log_softmax(-1).gather(1, token[:, None]).squeeze(1)
         done = torch.isin(token, stop)
@@ -110,7 +121,7 @@ def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int,
             out_logps[i].append(float(token_logp[b]))
             finished[i] = bool(done[b])
         keep = (~done).nonzero().squeeze(1)
-        if keep.numel() == 0 or step == max_new_tokens - 1:
+        if keep.numel() == 0 or (step == max_new_tokens - 1 and not score_end):
             break
         if keep.numel() < done.numel():  # finished rows leave the batch and the cache
             cache.batch_select_indices(keep)
@@ -119,12 +130,12 @@ def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int,
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
         logits = model(input_ids=token[:, None], attention_mask=attention, position_ids=step_pos, use_cache=True,
                        logits_to_keep=1, **{cache_arg: cache}).logits[:, -1].float()  # (B, V)
-    return [(out_ids[i], out_logps[i], finished[i]) for i in range(len(rows))]
+    return [(out_ids[i], out_logps[i], finished[i], end_logps[i]) for i in range(len(rows))]
 
 
 def generate(model, tokenizer, prompts: list[list[int]], n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
              max_new_tokens: int = 256, seed: int = 0, batch_size: int = 32, stop_ids: set[int] | None = None,
-             prompt_keys: list[int] | None = None) -> list[list[Sample]]:
+             prompt_keys: list[int] | None = None, score_end: bool = False) -> list[list[Sample]]:
     """n samples for each prompt (token ids, e.g. a rendered chat prompt); temperature 0 is greedy.
 
     `prompt_keys` (default: the prompts' positions) seed each prompt's streams: give each question a stable key
@@ -149,11 +160,12 @@ def generate(model, tokenizer, prompts: list[list[int]], n: int = 1, temperature
                 outs = _generate_batch(
                     model, [list(prompts[p]) for p, _ in chunk],
                     [_row_seed(seed, keys[p], j) for p, j in chunk],
-                    pad_id, stop_ids, temperature, top_p, max_new_tokens,
+                    pad_id, stop_ids, temperature, top_p, max_new_tokens, score_end,
                 )
-                for (p, j), (ids, logps, fin) in zip(chunk, outs):
+                for (p, j), (ids, logps, fin, ends) in zip(chunk, outs):
                     body = ids[:-1] if fin else ids
-                    results[(p, j)] = Sample(tokenizer.decode(body, skip_special_tokens=True), ids, logps, fin)
+                    results[(p, j)] = Sample(tokenizer.decode(body, skip_special_tokens=True), ids, logps, fin,
+                                             end_logps=ends)
                 advance(len(chunk))
     finally:
         model.train(was_training)

@@ -238,16 +238,17 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
             if s.backend == "local" and student is None:
                 student = load_model(s.model, trust_remote_code=s.trust_remote_code)
             teacher = make_teacher(cfg.teacher, control)
-            backend = LocalBackend(student, tokenizer, s.batch_size, bf16=s.bf16) if s.backend == "local" else \
-                from_config(s, tokenizer, None, s.model, out)
+            # The local sampler records the model's own log-probs of each token it picks (temperature 1, before
+            # top-p, whatever the temperature it sampled at): the reference log-prob of the rejected response
+            # when `alignkit dpo` starts from this model in the same precision (bf16 autocast's are recorded as
+            # such, and no DPO run takes them, so those skip scoring a cut answer's end of turn).
+            backend = LocalBackend(student, tokenizer, s.batch_size, bf16=s.bf16, score_end=not s.bf16) \
+                if s.backend == "local" else from_config(s, tokenizer, None, s.model, out)
             if s.backend == "local":
-                # The sampler records the model's own log-probs of each token it picks (temperature 1, before
-                # top-p, whatever the temperature it sampled at): the reference log-prob of the rejected
-                # response when `alignkit dpo` starts from this model in the same precision (bf16 autocast's
-                # are recorded as such, and no DPO run takes them).
+                from alignkit.data.chat import Tokenize
                 from alignkit.models.reference import model_fingerprint
 
-                sampler = (model_fingerprint(student), backend.precision)
+                sampler = (model_fingerprint(student), backend.precision, Tokenize(tokenizer))
         # progress per chunk, with an ETA: a bar on a terminal, else a line through `log` every ~10% or 30 s
         advance = shown.enter_context(progress("pairs build", total=len(items), completed=len(items) - len(todo),
                                                unit="questions", write=log))
@@ -287,8 +288,7 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
                             "student_answer": extract_answer(choice.text), "student_finished": choice.finished,
                             "student_correct": base["student_correct"], "student_samples": base["student_samples"],
                             "teacher": teacher.name,
-                            **({"student_logps": {"model": sampler[0], "dtype": sampler[1],
-                                                  "token_ids": choice.token_ids, "logp": sum(choice.logps)}}
+                            **({"student_logps": _sampler_record(sampler, choice, item.messages())}
                                if sampler else {}),
                             "verification": {"answer": True, "answer_line": True, "reasoning": True,
                                              "no_reveal": True, "attempts": teaching.attempts},
@@ -320,6 +320,25 @@ def run(cfg: PairsConfig, student=None, tokenizer=None, log=None) -> dict:
         summary["student_ranking"] = student_ranking(out, lambda: _student(cfg, student, tokenizer))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _sampler_record(sampler, choice, prompt) -> dict:
+    """metadata.student_logps of a pair: the rejected answer's log-prob as the sampler computed it, over its token
+    ids. DPO takes it as the reference log-prob when those ids are the ones its own tokenization gives the
+    rejected response (data/chat.Tokenize), so an answer cut at max_new_tokens, which that tokenization closes with
+    an end-of-turn token, gets that token and its log-prob from the sample's end_logps."""
+    fingerprint, dtype, tokenize = sampler
+    ids, logp = list(choice.token_ids), sum(choice.logps)
+    if not choice.finished and choice.end_logps:
+        try:
+            _, out = tokenize.responses(prompt, {"rejected": [{"role": "assistant", "content": choice.text}]},
+                                        "the student's answer")
+        except AlignkitError:  # DPO refuses such a row itself, naming it
+            out = {"rejected": []}
+        closed = out["rejected"]
+        if closed[:-1] == ids and closed and closed[-1] in choice.end_logps:
+            ids, logp = closed, logp + choice.end_logps[closed[-1]]
+    return {"model": fingerprint, "dtype": dtype, "token_ids": ids, "logp": logp}
 
 
 def _student(cfg: PairsConfig, model, tokenizer):
