@@ -100,7 +100,7 @@ def _generate_batch(model, rows: list[list[int]], seeds: list[int], pad_id: int,
         logits, attention, positions = logits[owner], attention[owner], positions[owner]
     step_pos = positions[:, -1:]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    stop = torch.tensor(sorted(stop_ids), device=device)
+    stop = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
 
     out_ids: list[list[int]] = [[] for _ in rows]
     out_logps: list[list[float]] = [[] for _ in rows]
