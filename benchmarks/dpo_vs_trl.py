@@ -319,7 +319,7 @@ def alignkit_worker(a) -> None:
         "computed_bf16": bool(resolved["train"]["bf16"]),  # alignkit falls back to fp32 without native bf16
         "precompute_s": phases["precompute_s"],
         "phases": {"imports_s": t_imported - t_start, "cli_run_s": t_run, "total_s": time.perf_counter() - t_start},
-        "settings": {"optim": "torch.optim.AdamW (default foreach)", "activation_checkpointing": False,
+        "settings": {"optim": "torch.optim.AdamW (fused)", "activation_checkpointing": False,
                      "torch_threads": torch.get_num_threads(), "reference": resolved["reference"]["mode"]},
     })
 
@@ -634,7 +634,7 @@ def render(a, argv, info, peaks, params, plan, records, summary, model_dir, star
          "- TRL settings: activation (gradient) checkpointing off unless the extra settings say otherwise (TRL "
          "defaults to on; alignkit's `train.gradient_checkpointing` defaults to off), its default "
          f"optimizer (`{_trl_setting(records, 'optim')}`), `use_cpu={not cuda}`, `dataloader_num_workers=0`. alignkit: "
-         "`torch.optim.AdamW` (foreach).",
+         "`torch.optim.AdamW` (fused).",
          "- s/step: median over the measured steps of a run, then median over runs (range over runs in the raw "
          "table). TRL: `on_step_begin` → `on_step_end` of a TrainerCallback (forward, backward, clip, optimizer; "
          "its batch is collated just before `on_step_begin` and is not in it; the raw JSON also has end-to-end "

@@ -394,7 +394,7 @@ def alignkit_worker(a) -> None:
         "tool": "alignkit",
         "steps": steps,
         "phases": {"imports_s": t_imported - t_start, "cli_run_s": t_run, "total_s": time.perf_counter() - t_start},
-        "settings": {"optim": "torch.optim.AdamW (default foreach)", "activation_checkpointing": False,
+        "settings": {"optim": "torch.optim.AdamW (fused)", "activation_checkpointing": False,
                      "torch_threads": torch.get_num_threads(), "aggregation": resolved["grpo"]["aggregation"],
                      "beta": resolved["grpo"]["beta"]},
     })
@@ -600,7 +600,7 @@ def render(a, argv, info, peak, params, plan, records, summary, model_dir, start
          f"to on; alignkit has none), its default optimizer (`{trl_settings.get('optim', 'adamw_torch_fused')}`), "
          "`use_cpu=True`, no vLLM, no continuous batching, `dataloader_num_workers=0`; its final model saved at the "
          "end like alignkit's (LoRA: TRL saves the adapter, alignkit merges it; whole-run time only). alignkit: "
-         "`torch.optim.AdamW` (foreach).",
+         "`torch.optim.AdamW` (fused).",
          "- s/step: median over the measured steps of a run, then median over runs (range over runs in the raw "
          "table). TRL: `on_step_begin` → `on_step_end` of a TrainerCallback. In TRL 1.16 generation runs inside "
          "`training_step` (`_prepare_inputs` → `_generate_and_score_completions`), so this interval holds the "
