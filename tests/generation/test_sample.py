@@ -57,9 +57,9 @@ def test_score_end_gives_a_cut_samples_end_of_turn_log_probs_and_changes_no_samp
     stopped = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=6, stop_ids=stop, score_end=True)
     assert stopped[1][0].finished and stopped[1][0].end_logps is None
     cut = [s for row in scored + stopped for s in row if not s.finished]
+    assert len(cut) >= 4 and all(s.end_logps is None for row in plain for s in row)
     no_stops = generate(model, tok, prompts[:1], n=1, temperature=0, max_new_tokens=3, stop_ids=set(), score_end=True)
     assert no_stops[0][0].end_logps == {}  # no end-of-turn ids: nothing to score, and no error
-    assert len(cut) >= 4 and all(s.end_logps is None for row in plain for s in row)
     from alignkit.data.chat import end_of_turn_ids
 
     for stop_ids, rows in ((end_of_turn_ids(tok), scored), (stop, stopped)):

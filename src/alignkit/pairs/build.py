@@ -328,17 +328,17 @@ def _sampler_record(sampler, choice, prompt) -> dict:
     rejected response (data/chat.Tokenize), so an answer cut at max_new_tokens, which that tokenization closes with
     an end-of-turn token, gets that token and its log-prob from the sample's end_logps."""
     fingerprint, dtype, tokenize = sampler
-    ids, logp = list(choice.token_ids), sum(choice.logps)
-    if not choice.finished and choice.end_logps:
-        try:
-            _, out = tokenize.responses(prompt, {"rejected": [{"role": "assistant", "content": choice.text}]},
-                                        "the student's answer")
-        except AlignkitError:  # DPO refuses such a row itself, naming it
-            out = {"rejected": []}
-        closed = out["rejected"]
-        if closed[:-1] == ids and closed and closed[-1] in choice.end_logps:
-            ids, logp = closed, logp + choice.end_logps[closed[-1]]
-    return {"model": fingerprint, "dtype": dtype, "token_ids": ids, "logp": logp}
+    record = {"model": fingerprint, "dtype": dtype, "token_ids": list(choice.token_ids), "logp": sum(choice.logps)}
+    if choice.finished or not choice.end_logps:
+        return record
+    try:
+        closed = tokenize.responses(prompt, {"rejected": [{"role": "assistant", "content": choice.text}]},
+                                    "the student's answer")[1]["rejected"]
+    except AlignkitError:  # DPO refuses such a row itself, naming it
+        return record
+    if closed and closed[:-1] == record["token_ids"] and closed[-1] in choice.end_logps:
+        record.update(token_ids=closed, logp=record["logp"] + choice.end_logps[closed[-1]])
+    return record
 
 
 def _student(cfg: PairsConfig, model, tokenizer):
