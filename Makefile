@@ -54,7 +54,7 @@ test: setup-dev
 test-slow: setup-dev
 	$(PY) -m pytest -q -m slow
 
-# Regenerates the CPU tables of docs/benchmarks.md (about an hour and a half on 2 cores); the GPU tables name their own commands.
+# Regenerates the CPU tables of docs/benchmarks.md (about an hour and three quarters on 2 cores); the GPU tables name their own commands.
 bench: setup-dev engine
 	$(PY) -m pip install -q -e '.[bench,quant]'
 	$(PY) benchmarks/dpo_vs_trl.py $(DPO_BENCH) --out docs/benchmarks.md
@@ -63,6 +63,8 @@ bench: setup-dev engine
 	$(PY) benchmarks/memory_savers.py --bf16 --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_vs_trl.py $(GRPO_BENCH) --out docs/benchmarks.md
 	$(PY) benchmarks/profile_dpo.py --out docs/benchmarks.md
+	$(PY) benchmarks/profile_dpo.py --precision bf16 --out docs/benchmarks.md
+	$(PY) benchmarks/dpo_step_variants.py --rounds 3 --out docs/benchmarks.md
 	$(PY) benchmarks/attention_cpu.py --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_backends.py --steps 4 --repeats 3 --out docs/benchmarks.md
 	$(PY) benchmarks/grpo_backends.py --full --out docs/benchmarks.md

@@ -122,11 +122,7 @@ def main(argv=None) -> None:
         label = "the shipped pairs" if repeat == 1 else f"responses repeated {repeat}×"
         lines.append(f"| {label} ({tokens:.0f}) | {med['sdpa']:.2f} | {med['eager']:.2f} | "
                      f"{med['eager'] / med['sdpa']:.2f} |")
-    lines.append(END)
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if a.out:
-        common.write_section(Path(a.out), section, START, END)
+    common.emit_section(lines, a.out, START, END)
 
 
 if __name__ == "__main__":

@@ -710,6 +710,14 @@ def _trl_setting(records, key):
     return "adamw_torch_fused in transformers 5 with torch >= 2.8"
 
 
+def emit_section(lines: list[str], out: str | None, start: str, end: str) -> None:
+    """Closes `lines` (which open with `start`) with `end`, prints the section, and writes it into `out` if given."""
+    section = "\n".join([*lines, end]) + "\n"
+    print(section)
+    if out:
+        write_section(Path(out), section, start, end)
+
+
 def write_section(path: Path, section: str, start: str, end: str) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     i, j = text.find(start), text.find(end)
