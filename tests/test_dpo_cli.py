@@ -40,7 +40,10 @@ TRL_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", 
 
 
 @pytest.mark.parametrize("loss_type, extra", [
-    ("sigmoid", []), ("ipo", []), ("hinge", []), ("robust", ["loss.label_smoothing=0.1"]),
+    ("sigmoid", []), ("ipo", []),
+    # ~5 s each, slow suite: the same path as sigmoid's, their values in tests/losses/test_preference.py
+    pytest.param("hinge", [], marks=pytest.mark.slow),
+    pytest.param("robust", ["loss.label_smoothing=0.1"], marks=pytest.mark.slow),
     ("simpo", ["loss.beta=2.0"]), ("sigmoid", ["loss.rpo_alpha=1.0"]),
 ])
 def test_each_loss_type_trains(loss_type, extra, tiny_model, tmp_path, capsys):

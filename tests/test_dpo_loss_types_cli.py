@@ -27,8 +27,9 @@ def _refuse_reference(monkeypatch):
     ("[sigmoid,bco_pair,sft]", ["loss.weights=[0.8,0.2,1.0]"],
      {"loss/sigmoid", "loss/bco_pair", "loss/sft", "nll_loss", "bco_delta"}),
     ("bco_pair", [], {"bco_delta"}),
-    ("sigmoid", ["loss.f_divergence=js_divergence"], set()),
-    ("exo_pair", ["loss.label_smoothing=0.001"], set()),
+    # ~4 s each, slow suite: the path sigmoid's and robust's runs take, their values in tests/losses
+    pytest.param("sigmoid", ["loss.f_divergence=js_divergence"], set(), marks=pytest.mark.slow),
+    pytest.param("exo_pair", ["loss.label_smoothing=0.001"], set(), marks=pytest.mark.slow),
 ])
 def test_loss_type_trains(loss, extra, keys, tiny_model, tmp_path, capsys, monkeypatch):
     reference_free = loss in ("orpo", "cpo")
