@@ -160,9 +160,9 @@ def main(argv=None) -> None:
          f"Full fine-tuning of `{a.model}`, {a.batch} pairs a step, reference log-probs computed before training; "
          f"median of {a.steps} steps a run (after two warm-up steps), {a.rounds} runs a way, the ways alternating. "
          "The ways are described in the script's docstring.", "",
-         "Log-prob columns: the largest difference, over the 8 sequences of the first batch, between this way's "
-         "summed response log-probs and the default's, in the no-grad pass that makes the reference log-probs and "
-         "in the first training forward (before any update). At the first step the policy is the reference, so "
+         f"Log-prob columns: the largest difference, over the {2 * a.batch} sequences of the first batch, between this "
+         "way's summed response log-probs and the default's, in the no-grad pass that makes the reference log-probs "
+         "and in the first training forward (before any update). At the first step the policy is the reference, so "
          "the sigmoid loss is ln 2 exactly when a way's training forward agrees with its own no-grad pass.", "",
          "| way | s/step (median) | runs' medians | against the default | log-prob change, no-grad pass | "
          "log-prob change, training pass | first loss − ln 2 | other cost |", "|---|---|---|---|---|---|---|---|"]
